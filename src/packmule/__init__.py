@@ -1,0 +1,54 @@
+"""packmule: run heterogeneous Python and shell tasks across clusters.
+
+A :class:`Manager` inside your program queues :class:`Task` and
+:class:`PythonTask` objects and packs them onto ``packmule worker`` daemons
+by their :class:`Resources`.
+"""
+
+from ._version import __version__
+from .errors import (
+    AuthenticationError,
+    FileTransferError,
+    InvalidResources,
+    PackmuleError,
+    ProtocolError,
+    RemoteException,
+    RemoteTraceback,
+    ResourceExhausted,
+    SerializationError,
+    TaskCancelled,
+    TaskCrashed,
+    TaskError,
+    TaskTimeout,
+    VersionMismatch,
+    WorkerLost,
+)
+from .manager import Manager, ManagerStats
+from .resources import Resources
+from .task import CommandResult, File, PythonTask, Task
+
+__all__ = [
+    "AuthenticationError",
+    "CommandResult",
+    "File",
+    "FileTransferError",
+    "InvalidResources",
+    "Manager",
+    "ManagerStats",
+    "PackmuleError",
+    "ProtocolError",
+    "PythonTask",
+    "RemoteException",
+    "RemoteTraceback",
+    "ResourceExhausted",
+    "Resources",
+    "SerializationError",
+    "Task",
+    "TaskCancelled",
+    "TaskCrashed",
+    "TaskError",
+    "TaskTimeout",
+    "VersionMismatch",
+    "WorkerLost",
+    "__version__",
+]

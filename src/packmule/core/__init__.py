@@ -1,0 +1,1 @@
+"""The pure scheduling core: no sockets, threads or clocks (time is passed in)."""

@@ -1,0 +1,341 @@
+"""The manager's pure state: tasks, workers, and the packing decisions.
+
+:class:`ManagerState` takes events (a task submitted, a worker joined, an
+attempt ended, time passed) and returns decisions (which task runs where, with
+what allocation; what to requeue or deliver). It owns the authoritative
+accounting of what each worker has committed; it does no I/O and reads no
+clock: callers pass ``now``.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from ..resources import ZERO, Resources, maximum
+from .allocation import box
+from .states import ALLOWED_TRANSITIONS, InvalidTransition, TaskState, Verdict, WorkerState
+
+#: How many waiting tasks one scheduling pass examines at most (Work Queue: 100).
+SCHEDULE_DEPTH = 1000
+#: How often a task may be requeued through no fault of its own (worker lost,
+#: forsaken) before it fails with WorkerLost: a task that kills every worker
+#: it lands on must not go round forever.
+MAX_REQUEUES = 5
+#: Transitions kept per task for error messages and tests.
+HISTORY_LIMIT = 32
+
+
+@dataclass
+class TaskRecord:
+    """The core's view of one task."""
+
+    id: int
+    request: Resources
+    priority: float
+    seq: int
+    retries_left: int
+    state: TaskState = TaskState.WAITING
+    attempt: int = 0
+    worker: str | None = None
+    allocation: Resources | None = None
+    requeues: int = 0
+    warned_unplaceable: bool = False
+    history: list[str] = field(default_factory=list)
+
+
+@dataclass
+class WorkerRecord:
+    """The core's view of one connected worker."""
+
+    id: str
+    total: Resources
+    last_seen: float
+    committed: Resources = ZERO
+    running: dict[int, Resources] = field(default_factory=dict)
+    state: WorkerState = WorkerState.ACTIVE
+
+    @property
+    def free(self) -> Resources:
+        return self.total - self.committed
+
+    def has_room(self) -> bool:
+        f = self.free
+        return bool(f.cores or f.gpus)
+
+
+@dataclass(frozen=True)
+class Assignment:
+    """Decision: run ``attempt`` of ``task_id`` on ``worker`` with ``allocation``."""
+
+    task_id: int
+    attempt: int
+    worker: str
+    allocation: Resources
+
+
+@dataclass(frozen=True)
+class Unplaceable:
+    """Notice: the task fits no connected worker (said once per task)."""
+
+    task_id: int
+    request: Resources
+    largest: Resources
+
+
+class ManagerState:
+    """Tasks and workers, with the packing policy. Not thread-safe: one owner."""
+
+    def __init__(self, validate: bool = False) -> None:
+        self.tasks: dict[int, TaskRecord] = {}
+        self.workers: dict[str, WorkerRecord] = {}
+        self.validate = validate
+        self._ready: list[tuple[float, int, int]] = []  # (-priority, seq, task_id)
+        self._parked: list[int] = []  # tasks that fit no connected worker
+        self._seq = itertools.count()
+        self.notices: list[Unplaceable] = []
+
+    # ------------------------------------------------------------ transitions
+    def _move(self, t: TaskRecord, to: TaskState, now: float, why: str) -> None:
+        if (t.state, to) not in ALLOWED_TRANSITIONS:
+            raise InvalidTransition(t.id, t.state, to, t.history)
+        t.history.append(f"{now:.3f} {t.state.value}->{to.value} ({why})")
+        del t.history[:-HISTORY_LIMIT]
+        t.state = to
+
+    def _enqueue(self, t: TaskRecord) -> None:
+        heapq.heappush(self._ready, (-t.priority, t.seq, t.id))
+
+    def _release(self, t: TaskRecord) -> None:
+        """Give back the task's allocation on its worker."""
+        if t.worker is not None:
+            w = self.workers.get(t.worker)
+            if w is not None and t.id in w.running:
+                w.committed = w.committed - w.running.pop(t.id)
+        t.worker = None
+        t.allocation = None
+
+    # ------------------------------------------------------------ task events
+    def submit(
+        self,
+        task_id: int,
+        request: Resources,
+        now: float,
+        priority: float = 0.0,
+        max_retries: int = 0,
+    ) -> None:
+        """A new task joins the queue."""
+        if task_id in self.tasks:
+            raise ValueError(f"task {task_id} was already submitted")
+        t = TaskRecord(task_id, request, priority, next(self._seq), max_retries)
+        t.history.append(f"{now:.3f} submitted")
+        self.tasks[task_id] = t
+        self._enqueue(t)
+        self._check()
+
+    def complete(self, task_id: int, attempt: int, success: bool, now: float) -> Verdict:
+        """An attempt ended: ``success`` false means the task itself failed."""
+        t = self.tasks.get(task_id)
+        if t is None or t.state is not TaskState.RUNNING or t.attempt != attempt:
+            return Verdict.STALE
+        self._release(t)
+        if success:
+            self._move(t, TaskState.DONE, now, "succeeded")
+            verdict = Verdict.DONE
+        elif t.retries_left > 0:
+            t.retries_left -= 1
+            self._move(t, TaskState.WAITING, now, f"failed, retrying ({t.retries_left} left)")
+            self._enqueue(t)
+            verdict = Verdict.RETRY
+        else:
+            self._move(t, TaskState.DONE, now, "failed")
+            verdict = Verdict.FAILED
+        self._check()
+        return verdict
+
+    def forsake(self, task_id: int, attempt: int, now: float, why: str) -> Verdict:
+        """The attempt ended through no fault of the task (worker could not run it)."""
+        t = self.tasks.get(task_id)
+        if t is None or t.state is not TaskState.RUNNING or t.attempt != attempt:
+            return Verdict.STALE
+        verdict = self._requeue(t, now, why)
+        self._check()
+        return verdict
+
+    def _requeue(self, t: TaskRecord, now: float, why: str) -> Verdict:
+        self._release(t)
+        t.requeues += 1
+        if t.requeues > MAX_REQUEUES:
+            self._move(t, TaskState.DONE, now, f"{why}; gave up after {MAX_REQUEUES} requeues")
+            return Verdict.FAILED
+        self._move(t, TaskState.WAITING, now, why)
+        self._enqueue(t)
+        return Verdict.REQUEUED
+
+    def fail_waiting(self, task_id: int, now: float, why: str) -> bool:
+        """A waiting task fails without running (e.g. its input cannot be read)."""
+        t = self.tasks.get(task_id)
+        if t is None or t.state is not TaskState.WAITING:
+            return False
+        self._move(t, TaskState.DONE, now, why)
+        self._check()
+        return True
+
+    def cancel(self, task_id: int, now: float) -> Assignment | None:
+        """Cancel a task; returns the running attempt to kill, if any."""
+        t = self.tasks.get(task_id)
+        if t is None or t.state in (TaskState.DONE, TaskState.CANCELLED):
+            return None
+        running = None
+        if t.state is TaskState.RUNNING and t.worker is not None and t.allocation is not None:
+            running = Assignment(t.id, t.attempt, t.worker, t.allocation)
+        self._release(t)
+        self._move(t, TaskState.CANCELLED, now, "cancelled")
+        self._check()
+        return running
+
+    def forget(self, task_id: int) -> None:
+        """Drop a finished task's record."""
+        t = self.tasks.get(task_id)
+        if t is not None and t.state in (TaskState.DONE, TaskState.CANCELLED):
+            del self.tasks[task_id]
+
+    # ------------------------------------------------------------ worker events
+    def add_worker(self, worker_id: str, total: Resources, now: float) -> None:
+        """A worker finished its handshake."""
+        if not total.is_complete:
+            raise ValueError(f"worker {worker_id} reported an incomplete size {total}")
+        self.workers[worker_id] = WorkerRecord(worker_id, total, now)
+        for tid in self._parked:
+            t = self.tasks.get(tid)
+            if t is not None and t.state is TaskState.WAITING:
+                self._enqueue(t)
+        self._parked.clear()
+        self._check()
+
+    def seen(self, worker_id: str, now: float) -> None:
+        """Anything arrived from the worker: its lease is renewed."""
+        w = self.workers.get(worker_id)
+        if w is not None:
+            w.last_seen = now
+
+    def remove_worker(self, worker_id: str, now: float, why: str) -> list[tuple[int, Verdict]]:
+        """A worker is gone: its tasks go back to the queue (or fail after too many requeues)."""
+        w = self.workers.pop(worker_id, None)
+        if w is None:
+            return []
+        w.state = WorkerState.LOST
+        out = []
+        for tid in list(w.running):
+            t = self.tasks[tid]
+            out.append((tid, self._requeue(t, now, f"worker {worker_id} lost: {why}")))
+        self._check()
+        return out
+
+    def expired(self, now: float, lease: float) -> list[str]:
+        """Workers not heard from within ``lease`` seconds."""
+        return [w.id for w in self.workers.values() if now - w.last_seen > lease]
+
+    # ------------------------------------------------------------ scheduling
+    def largest_worker(self) -> Resources:
+        """Element-wise maximum over connected workers."""
+        best = ZERO
+        for w in self.workers.values():
+            best = maximum(best, w.total)
+        return best
+
+    def _place(self, t: TaskRecord, workers: Iterable[WorkerRecord]) -> tuple[WorkerRecord, Resources] | None:
+        """Best fit: the worker left with the fewest free cores (then memory) after placing."""
+        choice: tuple[tuple[int, int], WorkerRecord, Resources] | None = None
+        for w in workers:
+            b = box(t.request, w.total)
+            if b is None or not b.fits_in(w.free):
+                continue
+            left = w.free - b
+            key = (left.cores or 0, left.memory or 0)
+            if choice is None or key < choice[0]:
+                choice = (key, w, b)
+        return None if choice is None else (choice[1], choice[2])
+
+    def _fits_some_worker(self, t: TaskRecord) -> bool:
+        return any(box(t.request, w.total) is not None for w in self.workers.values())
+
+    def schedule(self, now: float) -> list[Assignment]:
+        """Assign waiting tasks to workers with room, highest priority first."""
+        out: list[Assignment] = []
+        if not self.workers:
+            return out
+        open_workers = [w for w in self.workers.values() if w.has_room()]
+        deferred: list[tuple[float, int, int]] = []
+        scanned = 0
+        while self._ready and open_workers and scanned < SCHEDULE_DEPTH:
+            entry = heapq.heappop(self._ready)
+            t = self.tasks.get(entry[2])
+            if t is None or t.state is not TaskState.WAITING or t.seq != entry[1]:
+                continue  # stale heap entry
+            scanned += 1
+            placed = self._place(t, open_workers)
+            if placed is None:
+                if self._fits_some_worker(t):
+                    deferred.append(entry)
+                else:
+                    self._parked.append(t.id)
+                    if not t.warned_unplaceable:
+                        t.warned_unplaceable = True
+                        self.notices.append(Unplaceable(t.id, t.request, self.largest_worker()))
+                continue
+            w, alloc = placed
+            t.attempt += 1
+            t.worker = w.id
+            t.allocation = alloc
+            w.running[t.id] = alloc
+            w.committed = w.committed + alloc
+            self._move(t, TaskState.RUNNING, now, f"attempt {t.attempt} on {w.id} with {alloc}")
+            out.append(Assignment(t.id, t.attempt, w.id, alloc))
+            if not w.has_room():
+                open_workers.remove(w)
+        for entry in deferred:
+            heapq.heappush(self._ready, entry)
+        self._check()
+        return out
+
+    # ------------------------------------------------------------ views
+    def counts(self) -> dict[str, int]:
+        """Number of tasks in each state."""
+        c = {s.value: 0 for s in TaskState}
+        for t in self.tasks.values():
+            c[t.state.value] += 1
+        return c
+
+    def totals(self) -> tuple[Resources, Resources]:
+        """(committed, total) summed over connected workers."""
+        committed, total = ZERO, ZERO
+        for w in self.workers.values():
+            committed = committed + w.committed
+            total = total + w.total
+        return committed, total
+
+    # ------------------------------------------------------------ invariants
+    def _check(self) -> None:
+        if self.validate:
+            self.check_invariants()
+
+    def check_invariants(self) -> None:
+        """Raise AssertionError if the accounting is inconsistent."""
+        for w in self.workers.values():
+            summed = ZERO
+            for tid, alloc in w.running.items():
+                t = self.tasks[tid]
+                assert t.state is TaskState.RUNNING, f"task {tid} on {w.id} is {t.state}"
+                assert t.worker == w.id and t.allocation == alloc, f"task {tid} accounting"
+                summed = summed + alloc
+            assert summed == w.committed, f"worker {w.id}: committed {w.committed} != {summed}"
+            assert w.committed.fits_in(w.total), f"worker {w.id} overcommitted: {w.committed}"
+        for t in self.tasks.values():
+            if t.state is TaskState.RUNNING:
+                assert t.worker in self.workers, f"task {t.id} runs on unknown worker {t.worker}"
+                assert t.id in self.workers[t.worker].running
+            else:
+                assert t.worker is None, f"task {t.id} in {t.state} holds worker {t.worker}"

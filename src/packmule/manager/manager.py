@@ -1,0 +1,700 @@
+"""The Manager: the public API and the I/O loop around the pure core.
+
+One background thread owns the ZeroMQ sockets and the :class:`ManagerState`.
+Callers talk to it only through a command inbox (``submit``, ``cancel``,
+``stats``, ``shutdown``), so the core is never touched by two threads. The
+loop feeds socket events to the core and carries out its decisions.
+"""
+
+from __future__ import annotations
+
+import collections
+import errno
+import itertools
+import logging
+import os
+import queue
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import zmq
+import zmq.utils.z85
+
+from .._version import __version__
+from ..core.scheduler import MAX_REQUEUES, Assignment, ManagerState
+from ..core.states import Verdict
+from ..errors import (
+    FileTransferError,
+    PackmuleError,
+    ProtocolError,
+    TaskCancelled,
+    TaskCrashed,
+    TaskError,
+    TaskTimeout,
+    WorkerLost,
+)
+from ..protocol import messages as m
+from ..protocol.security import derive_keys, load_secret, write_new_password_file
+from ..resources import Resources
+from ..serialize import loads, loads_exception
+from ..task import CommandResult, Task
+from .files import cache_name
+
+log = logging.getLogger("packmule.manager")
+
+#: Seconds between heartbeats in each direction. Short enough that a hung
+#: worker is noticed within a lease; cheap (one small message per worker).
+HEARTBEAT_INTERVAL = 5.0
+#: A worker not heard from for this long is declared lost and its tasks are
+#: requeued (six missed heartbeats). A worker whose process dies is noticed at
+#: once instead, through its closed connection.
+LEASE = 30.0
+#: Delays after a closed connection at which every worker is probed.
+_PROBE_DELAYS = (0.02, 0.2, 1.0)
+
+
+@dataclass
+class WorkerConn:
+    """The shell's view of a connected worker (the core holds its accounting)."""
+
+    identity: bytes
+    hostname: str
+    pid: int
+    resources: Resources
+    cached: set[str] = field(default_factory=set)
+
+
+@dataclass(frozen=True)
+class ManagerStats:
+    """A snapshot of the manager: workers, tasks by state, committed vs total resources."""
+
+    workers: int
+    tasks: dict[str, int]
+    committed: Resources
+    total: Resources
+    workers_joined: int
+    workers_lost: int
+    tasks_submitted: int
+    tasks_succeeded: int
+    tasks_failed: int
+
+
+class Manager:
+    """Queue tasks and run them on ``packmule worker`` daemons.
+
+    ``port=0`` picks a free port (see :attr:`port`). The secret comes from
+    ``password_file``, else ``$PACKMULE_PASSWORD``; with neither, a fresh one
+    is written to ``<run_dir>/password`` (mode 0600) for workers to use
+    (:attr:`password_file`). ``host`` is the interface to listen on:
+    loopback by default, ``"0.0.0.0"`` to accept workers on other machines.
+    """
+
+    def __init__(
+        self,
+        port: int = 0,
+        password_file: str | os.PathLike[str] | None = None,
+        *,
+        host: str = "127.0.0.1",
+        run_dir: str | os.PathLike[str] | None = None,
+        heartbeat_interval: float = HEARTBEAT_INTERVAL,
+        lease: float = LEASE,
+        shutdown_workers: bool = True,
+        validate: bool = False,
+    ) -> None:
+        if heartbeat_interval <= 0 or lease < 2 * heartbeat_interval:
+            raise ValueError(
+                f"need heartbeat_interval > 0 and lease >= 2 x interval, got "
+                f"{heartbeat_interval} and {lease}"
+            )
+        self.run_dir = Path(run_dir) if run_dir else Path(tempfile.mkdtemp(prefix="packmule-"))
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        secret = load_secret(password_file)
+        if secret is None:
+            password_file = self.run_dir / "password"
+            secret = write_new_password_file(Path(password_file))
+        self.password_file: Path | None = Path(password_file) if password_file else None
+        self._secret = secret
+        self.heartbeat_interval = heartbeat_interval
+        self.lease = lease
+        self.shutdown_workers = shutdown_workers
+        self._core = ManagerState(validate=validate)
+        self._tasks: dict[int, Task] = {}
+        self._payloads: dict[int, bytes] = {}
+        self._conns: dict[str, WorkerConn] = {}
+        self._ids = itertools.count(1)
+        self._inbox: collections.deque[tuple[str, Any]] = collections.deque()
+        self._completed: queue.SimpleQueue[Task] = queue.SimpleQueue()
+        self._outstanding = 0
+        self._outstanding_lock = threading.Lock()
+        self._counters = collections.Counter[str]()
+        self._closed = False
+        self._handshake_failures = 0
+
+        keys = derive_keys(secret)
+        self._client_public = keys.client_public
+        self._ctx = zmq.Context()
+        self._zap = self._ctx.socket(zmq.REP)
+        self._zap.bind("inproc://zeromq.zap.01")
+        self._router = self._ctx.socket(zmq.ROUTER)
+        self._router.curve_server = True
+        self._router.curve_secretkey = keys.server_secret
+        self._router.curve_publickey = keys.server_public
+        self._router.zap_domain = b"packmule"
+        self._router.router_mandatory = True
+        self._router.sndhwm = 0
+        self._router.rcvhwm = 0
+        self._router.linger = 0
+        self._monitor = self._router.get_monitor_socket(
+            zmq.EVENT_DISCONNECTED | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+            | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+        )
+        try:
+            if port:
+                self._router.bind(f"tcp://{host}:{port}")
+                self.port = port
+            else:
+                self.port = self._router.bind_to_random_port(f"tcp://{host}")
+        except zmq.ZMQError as exc:
+            self._close_sockets()
+            raise OSError(
+                exc.errno,
+                f"packmule manager cannot listen on {host}:{port}: {exc.strerror}. "
+                "Choose another port, or port=0 for any free one.",
+            ) from None
+        self.host = host
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        self._thread = threading.Thread(target=self._run, name="packmule-manager", daemon=True)
+        self._thread.start()
+        log.info("manager listening on %s:%d (run dir %s)", host, self.port, self.run_dir)
+
+    # ================================================================ public API
+    @property
+    def address(self) -> str:
+        """``host:port`` for ``packmule worker``."""
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "*") else self.host
+        return f"{host}:{self.port}"
+
+    def submit(self, task: Task) -> Future[Any]:
+        """Queue a task; returns its future (also at ``task.future``).
+
+        Never blocks on the cluster. A call that cannot be pickled, or an
+        input file that does not exist, fails the returned future at once.
+        """
+        if self._closed:
+            raise RuntimeError("the manager has been shut down; create a new Manager")
+        if not isinstance(task, Task):
+            raise TypeError(f"submit() takes a packmule Task or PythonTask, got {type(task).__name__}")
+        if task.future is not None:
+            raise ValueError(f"{task!r} was already submitted; create a new task")
+        fut: Future[Any] = Future()
+        task.id = next(self._ids)
+        task.future = fut
+        task.submit_time = time.time()
+        try:
+            payload = task.payload()
+            for f in task.input_files:
+                if not os.path.isfile(f.local_path):
+                    raise FileTransferError(
+                        f"input file {f.local_path} of task {task.id} does not exist; "
+                        "create it before submitting the task",
+                        task.id,
+                    )
+        except Exception as exc:
+            fut.set_exception(exc)
+            return fut
+        with self._outstanding_lock:
+            self._outstanding += 1
+        fut.add_done_callback(lambda f, tid=task.id: f.cancelled() and self._post("cancel", tid))
+        self._post("submit", (task, payload))
+        return fut
+
+    def cancel(self, task: Task | Future[Any]) -> bool:
+        """Cancel a task (waiting or running). Returns False if it had already finished."""
+        fut = task.future if isinstance(task, Task) else task
+        return fut.cancel() if fut is not None else False
+
+    def wait(self, timeout: float | None = None) -> Task | None:
+        """The next finished task not yet returned by wait(), or None after ``timeout`` s."""
+        try:
+            t = self._completed.get(timeout=timeout)
+        except queue.Empty:
+            return None
+        with self._outstanding_lock:
+            self._outstanding -= 1
+        return t
+
+    def as_completed(self, timeout: float | None = None) -> Iterator[Task]:
+        """Yield tasks as they finish, until every submitted task has been returned."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            with self._outstanding_lock:
+                if self._outstanding <= 0:
+                    return
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            t = self.wait(left)
+            if t is None:
+                raise TimeoutError(f"tasks still unfinished after {timeout} s")
+            yield t
+
+    def stats(self) -> ManagerStats:
+        """Workers, tasks by state, and committed vs total resources, right now."""
+        return self._call(self._stats)
+
+    def shutdown(self, wait: bool = True) -> None:
+        """Stop the manager: tell workers to exit (``shutdown_workers``), fail unfinished tasks."""
+        if self._closed:
+            return
+        self._closed = True
+        self._post("stop", None)
+        if wait:
+            self._thread.join()
+
+    def __enter__(self) -> Manager:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.shutdown()
+
+    def _call(self, fn: Callable[[], Any]) -> Any:
+        fut: Future[Any] = Future()
+        if not self._thread.is_alive():
+            raise RuntimeError("the manager is not running")
+        self._post("call", (fn, fut))
+        return fut.result(timeout=30)
+
+    def _post(self, kind: str, arg: Any) -> None:
+        self._inbox.append((kind, arg))
+        try:
+            os.write(self._wake_w, b"x")
+        except (BlockingIOError, OSError):
+            pass  # pipe full (already woken) or closed (stopping)
+
+    # ================================================================ the I/O loop
+    def _run(self) -> None:
+        poller = zmq.Poller()
+        poller.register(self._router, zmq.POLLIN)
+        poller.register(self._zap, zmq.POLLIN)
+        poller.register(self._monitor, zmq.POLLIN)
+        poller.register(self._wake_r, zmq.POLLIN)
+        next_beat = time.monotonic() + self.heartbeat_interval
+        probes: list[float] = []
+        stopping = False
+        try:
+            while not stopping:
+                now = time.monotonic()
+                wake_at = min([next_beat, *probes])
+                timeout = max(0, int((wake_at - now) * 1000))
+                events = dict(poller.poll(timeout))
+                now = time.monotonic()
+                if self._wake_r in events:
+                    try:
+                        while os.read(self._wake_r, 4096):
+                            pass
+                    except BlockingIOError:
+                        pass
+                while self._inbox:
+                    kind, arg = self._inbox.popleft()
+                    if kind == "stop":
+                        stopping = True
+                        break
+                    self._command(kind, arg, now)
+                if stopping:
+                    break
+                if self._router in events:
+                    self._receive_all(now)
+                if self._zap in events:
+                    self._answer_zap()
+                if self._monitor in events and self._monitor_events():
+                    probes = [now + d for d in _PROBE_DELAYS]
+                if probes and now >= probes[0]:
+                    probes.pop(0)
+                    self._probe_workers(now)
+                if now >= next_beat:
+                    next_beat = now + self.heartbeat_interval
+                    self._heartbeat(now)
+                self._schedule(now)
+        except Exception:
+            log.exception("packmule manager loop crashed; failing all unfinished tasks")
+        finally:
+            self._stop(time.monotonic())
+
+    def _command(self, kind: str, arg: Any, now: float) -> None:
+        if kind == "submit":
+            task, payload = arg
+            self._payloads[task.id] = payload
+            self._tasks[task.id] = task
+            self._core.submit(task.id, task.resources, now, task.priority, task.max_retries)
+            self._counters["tasks_submitted"] += 1
+        elif kind == "cancel":
+            running = self._core.cancel(arg, now)
+            task = self._tasks.pop(arg, None)
+            self._payloads.pop(arg, None)
+            self._core.forget(arg)
+            if running is not None:
+                self._send(running.worker, m.Kill(running.task_id, running.attempt))
+            if task is not None:
+                self._completed.put(task)
+        elif kind == "call":
+            fn, fut = arg
+            try:
+                fut.set_result(fn())
+            except Exception as exc:
+                fut.set_exception(exc)
+
+    def _stats(self) -> ManagerStats:
+        committed, total = self._core.totals()
+        c = self._counters
+        return ManagerStats(
+            workers=len(self._core.workers),
+            tasks=self._core.counts(),
+            committed=committed,
+            total=total,
+            workers_joined=c["workers_joined"],
+            workers_lost=c["workers_lost"],
+            tasks_submitted=c["tasks_submitted"],
+            tasks_succeeded=c["tasks_succeeded"],
+            tasks_failed=c["tasks_failed"],
+        )
+
+    # ---------------------------------------------------------------- sending
+    def _send(self, wid: str, msg: m.Message) -> bool:
+        conn = self._conns.get(wid)
+        if conn is None:
+            return False
+        try:
+            self._router.send_multipart([conn.identity, m.encode(msg)], copy=False)
+            return True
+        except zmq.ZMQError as exc:
+            if exc.errno == errno.EHOSTUNREACH:
+                self._lose_worker(wid, time.monotonic(), "connection closed")
+                return False
+            raise
+
+    def _heartbeat(self, now: float) -> None:
+        for wid in self._core.expired(now, self.lease):
+            self._lose_worker(wid, now, f"no message for {self.lease:.0f} s (lease expired)")
+        beat = m.ManagerHeartbeat()
+        for wid in list(self._conns):
+            self._send(wid, beat)
+
+    def _probe_workers(self, now: float) -> None:
+        beat = m.ManagerHeartbeat()
+        for wid in list(self._conns):
+            self._send(wid, beat)
+
+    # ---------------------------------------------------------------- receiving
+    def _receive_all(self, now: float) -> None:
+        for _ in range(1000):
+            try:
+                frames = self._router.recv_multipart(zmq.NOBLOCK, copy=True)
+            except zmq.Again:
+                return
+            if len(frames) != 2:
+                log.warning("dropped a malformed message (%d frames)", len(frames))
+                continue
+            identity, data = frames
+            wid = identity.hex()
+            try:
+                msg = m.decode(data)
+            except ProtocolError as exc:
+                log.warning("worker %s sent a malformed message (%s); disconnecting it", wid, exc)
+                self._reject(identity, f"malformed message: {exc}")
+                self._lose_worker(wid, now, "protocol error")
+                continue
+            if wid not in self._conns:
+                self._hello(identity, wid, msg, now)
+                continue
+            self._core.seen(wid, now)
+            if isinstance(msg, m.Results):
+                for r in msg.results:
+                    self._result(wid, r, now)
+            elif isinstance(msg, m.Goodbye):
+                self._lose_worker(wid, now, f"worker left: {msg.reason}")
+
+    def _reject(self, identity: bytes, reason: str) -> None:
+        try:
+            self._router.send_multipart([identity, m.encode(m.Reject(reason))])
+        except zmq.ZMQError:
+            pass
+
+    def _hello(self, identity: bytes, wid: str, msg: m.Message, now: float) -> None:
+        if not isinstance(msg, m.Hello):
+            log.warning("unknown worker %s sent %s before Hello; ignored", wid, type(msg).__name__)
+            return
+        if msg.protocol != m.PROTOCOL_VERSION:
+            reason = (
+                f"protocol version mismatch: this manager (packmule {__version__}) speaks "
+                f"protocol {m.PROTOCOL_VERSION}, the worker (packmule {msg.version}) speaks "
+                f"{msg.protocol}. Install packmule=={__version__} where the worker runs."
+            )
+            log.error("refused worker %s (pid %d): %s", msg.hostname, msg.pid, reason)
+            self._reject(identity, reason)
+            return
+        try:
+            size = Resources(**msg.resources)
+            if not size.is_complete:
+                raise ValueError("incomplete")
+        except (TypeError, ValueError) as exc:
+            reason = f"bad resource report {msg.resources!r}: {exc}"
+            log.error("refused worker %s: %s", msg.hostname, reason)
+            self._reject(identity, reason)
+            return
+        self._conns[wid] = WorkerConn(identity, msg.hostname, msg.pid, size)
+        self._core.add_worker(wid, size, now)
+        self._counters["workers_joined"] += 1
+        log.info("worker %s joined from %s (pid %d) with %s", wid, msg.hostname, msg.pid, size)
+        self._send(
+            wid, m.Welcome(m.PROTOCOL_VERSION, __version__, self.heartbeat_interval, self.lease)
+        )
+
+    def _lose_worker(self, wid: str, now: float, why: str) -> None:
+        conn = self._conns.pop(wid, None)
+        if conn is None:
+            return
+        self._counters["workers_lost"] += 1
+        outcomes = self._core.remove_worker(wid, now, why)
+        log.warning(
+            "worker %s (%s pid %d) lost: %s; %d task(s) back in the queue",
+            wid, conn.hostname, conn.pid, why, len(outcomes),
+        )
+        for tid, verdict in outcomes:
+            if verdict is Verdict.FAILED:
+                self._finish_error(
+                    tid,
+                    WorkerLost(
+                        f"task {tid} was on {MAX_REQUEUES} workers that were all lost (last: {conn.hostname}: "
+                        f"{why}). The task may be killing its workers (memory, segfault); check it "
+                        "runs alone, or give it more resources.",
+                        tid,
+                    ),
+                )
+
+    def _monitor_events(self) -> bool:
+        """Drain monitor events; True if a connection closed (probe workers soon)."""
+        closed = False
+        while True:
+            try:
+                frames = self._monitor.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return closed
+            event = int.from_bytes(frames[0][:2], "little")
+            if event == zmq.EVENT_DISCONNECTED:
+                closed = True
+            elif event & (
+                zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+                | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+                | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+            ):
+                self._handshake_failures += 1
+                if self._handshake_failures == 1:
+                    log.error(
+                        "a peer failed the encrypted handshake on port %d: most likely a worker "
+                        "with the wrong password. Give workers this manager's password file "
+                        "(--password-file) or $PACKMULE_PASSWORD. (Logged once.)",
+                        self.port,
+                    )
+
+    def _answer_zap(self) -> None:
+        """ZAP: admit only CURVE clients holding the key derived from the shared secret."""
+        frames = self._zap.recv_multipart()
+        version, request_id = frames[0], frames[1]
+        mechanism = frames[5] if len(frames) > 5 else b""
+        ok = mechanism == b"CURVE" and len(frames) > 6 and frames[6] == zmq.utils.z85.decode(self._client_public)
+        status = (b"200", b"OK") if ok else (b"400", b"wrong key: the password differs")
+        self._zap.send_multipart([version, request_id, status[0], status[1], b"", b""])
+        if not ok:
+            self._handshake_failures += 1
+            if self._handshake_failures == 1:
+                log.error("refused a worker whose key does not match this manager's password")
+
+    # ---------------------------------------------------------------- results
+    def _result(self, wid: str, r: m.TaskResult, now: float) -> None:
+        S = m.TaskStatus
+        if r.status is S.FORSAKEN:
+            verdict = self._core.forsake(r.task_id, r.attempt, now, r.message)
+            if verdict is Verdict.FAILED:
+                self._finish_error(r.task_id, WorkerLost(r.message, r.task_id))
+            return
+        verdict = self._core.complete(r.task_id, r.attempt, r.status is S.SUCCESS, now)
+        if verdict is Verdict.STALE:
+            log.debug("discarded a stale result of task %d attempt %d", r.task_id, r.attempt)
+            return
+        task = self._tasks.get(r.task_id)
+        if task is None:
+            return
+        conn = self._conns.get(wid)
+        task.attempts = r.attempt
+        task.worker = wid
+        task.hostname = conn.hostname if conn else None
+        task.gpu_ids = list(r.gpu_ids)
+        task.exit_code = r.exit_code
+        task.stdout = r.stdout.decode("utf-8", "replace")
+        task.stderr = r.stderr.decode("utf-8", "replace")
+        task.wall_time = r.wall_time
+        if verdict is Verdict.RETRY:
+            log.info("task %d attempt %d failed (%s); retrying", r.task_id, r.attempt, r.status.value)
+            return
+        if verdict is Verdict.DONE:
+            try:
+                value = self._success_value(task, r)
+            except Exception as exc:
+                self._finish_error(r.task_id, exc)
+                return
+            self._finish(r.task_id, value=value)
+        else:
+            self._finish_error(r.task_id, self._failure(task, r))
+
+    def _success_value(self, task: Task, r: m.TaskResult) -> Any:
+        for f in task.output_files:
+            data = r.outputs.get(f.sandbox_name)
+            if data is None:
+                raise FileTransferError(
+                    f"task {task.id} did not produce output file {f.sandbox_name!r}", task.id
+                )
+            Path(f.local_path).write_bytes(data)
+        if task.kind == "python":
+            return loads(r.value)
+        return CommandResult(r.exit_code, task.stdout, task.stderr)
+
+    def _failure(self, task: Task, r: m.TaskResult) -> BaseException:
+        S = m.TaskStatus
+        tid = task.id
+        if r.status is S.EXCEPTION:
+            return loads_exception(r.value)
+        if r.status is S.TIMEOUT:
+            return TaskTimeout(
+                f"task {tid} ran past its {task.timeout:g} s limit and was killed "
+                f"(attempt {r.attempt}). Raise timeout= if it needs longer.",
+                tid,
+            )
+        if r.status is S.CRASHED:
+            return TaskCrashed(f"task {tid}: {r.message}", tid)
+        if r.status in (S.SETUP_ERROR, S.OUTPUT_MISSING):
+            return FileTransferError(f"task {tid}: {r.message}", tid)
+        return TaskError(f"task {tid} failed: {r.message}", tid)
+
+    def _finish(self, tid: int, value: Any) -> None:
+        self._payloads.pop(tid, None)
+        task = self._tasks.pop(tid, None)
+        self._core.forget(tid)
+        if task is None or task.future is None:
+            return
+        task.finish_time = time.time()
+        self._counters["tasks_succeeded"] += 1
+        if not task.future.done():
+            try:
+                task.future.set_result(value)
+            except Exception:  # cancelled concurrently
+                pass
+        self._completed.put(task)
+
+    def _finish_error(self, tid: int, exc: BaseException) -> None:
+        self._payloads.pop(tid, None)
+        task = self._tasks.pop(tid, None)
+        self._core.forget(tid)
+        if task is None or task.future is None:
+            return
+        task.finish_time = time.time()
+        self._counters["tasks_failed"] += 1
+        if not task.future.done():
+            try:
+                task.future.set_exception(exc)
+            except Exception:
+                pass
+        self._completed.put(task)
+
+    # ---------------------------------------------------------------- dispatch
+    def _schedule(self, now: float) -> None:
+        assignments = self._core.schedule(now)
+        for note in self._core.notices:
+            task = self._tasks.get(note.task_id)
+            log.warning(
+                "task %d (%s) asks for %s but the largest connected worker has %s; it waits "
+                "until a worker that large connects",
+                note.task_id, task.describe() if task else "?", note.request, note.largest,
+            )
+        self._core.notices.clear()
+        if not assignments:
+            return
+        by_worker: dict[str, list[m.TaskSpec]] = collections.defaultdict(list)
+        for a in assignments:
+            spec = self._spec(a, now)
+            if spec is not None:
+                by_worker[a.worker].append(spec)
+        for wid, specs in by_worker.items():
+            self._send(wid, m.Dispatch(specs))
+
+    def _spec(self, a: Assignment, now: float) -> m.TaskSpec | None:
+        task = self._tasks[a.task_id]
+        conn = self._conns[a.worker]
+        task.allocation = a.allocation
+        task.start_time = time.time()
+        inputs = []
+        try:
+            for f in task.input_files:
+                if f.cache:
+                    name = cache_name(f.local_path)
+                    if name not in conn.cached:
+                        self._send(a.worker, m.PutFile(name, Path(f.local_path).read_bytes()))
+                        conn.cached.add(name)
+                    inputs.append(m.InputFile(f.sandbox_name, name, b""))
+                else:
+                    inputs.append(m.InputFile(f.sandbox_name, "", Path(f.local_path).read_bytes()))
+        except OSError as exc:
+            self._core.cancel(a.task_id, now)
+            self._finish_error(
+                a.task_id,
+                FileTransferError(
+                    f"cannot read input file of task {a.task_id}: {exc}; it must stay readable "
+                    "until the task has started",
+                    a.task_id,
+                ),
+            )
+            return None
+        alloc = a.allocation.filled().as_dict()
+        return m.TaskSpec(
+            task_id=a.task_id,
+            attempt=a.attempt,
+            kind=task.kind,
+            payload=self._payloads[a.task_id],
+            command=task.command,
+            allocation={k: int(v or 0) for k, v in alloc.items()},
+            env=task.env,
+            inputs=inputs,
+            outputs=[f.sandbox_name for f in task.output_files],
+            timeout=task.timeout,
+        )
+
+    # ---------------------------------------------------------------- shutdown
+    def _stop(self, now: float) -> None:
+        self._closed = True
+        if self.shutdown_workers:
+            for wid in list(self._conns):
+                self._send(wid, m.Exit("the manager is shutting down"))
+        for tid in list(self._tasks):
+            self._core.cancel(tid, now)
+            self._finish_error(
+                tid, TaskCancelled(f"task {tid} did not finish before the manager shut down", tid)
+            )
+        self._close_sockets()
+        for fd in (self._wake_r, self._wake_w):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+    def _close_sockets(self) -> None:
+        self._router.disable_monitor()
+        for s in (self._monitor, self._router, self._zap):
+            s.close(linger=100)
+        self._ctx.term()
+
+
+__all__ = ["HEARTBEAT_INTERVAL", "LEASE", "Manager", "ManagerStats", "PackmuleError"]

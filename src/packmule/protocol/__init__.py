@@ -1,0 +1,1 @@
+"""The manager-worker wire protocol: typed messages and their security."""

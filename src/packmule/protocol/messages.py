@@ -1,0 +1,254 @@
+"""Typed control messages between the manager and its workers, and their codec.
+
+Every message is a frozen dataclass encoded with msgpack as ``[tag, field...]``.
+User payloads (pickled functions, arguments and results) travel as opaque
+``bytes`` fields: nothing here unpickles anything.
+
+The connection starts with the worker's :class:`Hello`; the manager answers
+:class:`Welcome` or :class:`Reject` (wrong protocol version, bad size report).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import types
+import typing
+from collections.abc import Callable
+from typing import Any, ClassVar, TypeVar, Union
+
+import msgpack
+
+from ..errors import ProtocolError
+
+#: Bump when a message changes shape; peers of another version are refused.
+PROTOCOL_VERSION = 1
+
+
+class TaskStatus(str, enum.Enum):
+    """How one attempt of a task ended on the worker."""
+
+    SUCCESS = "success"  #: the function returned / the command ran (any exit code)
+    EXCEPTION = "exception"  #: the user's function raised; ``value`` holds the pickled exception
+    TIMEOUT = "timeout"  #: killed after its wall-time limit
+    CRASHED = "crashed"  #: the process running the task died
+    FORSAKEN = "forsaken"  #: the worker could not run it (did not fit); not the task's fault
+    SETUP_ERROR = "setup_error"  #: the sandbox or an input file could not be prepared
+    OUTPUT_MISSING = "output_missing"  #: the task ran but a declared output file is absent
+
+
+class Message:
+    """Base of all wire messages; subclasses are registered with :func:`message`."""
+
+    TAG: ClassVar[int]
+
+
+M = TypeVar("M", bound=type)
+
+_BY_TAG: dict[int, type[Message]] = {}
+_DECODERS: dict[type, list[Callable[[Any], Any]]] = {}
+_FIELD_NAMES: dict[type, tuple[str, ...]] = {}
+
+
+def _converter(hint: Any) -> Callable[[Any], Any]:
+    """Build a function turning a decoded msgpack value into the hinted type."""
+    origin = typing.get_origin(hint)
+    if dataclasses.is_dataclass(hint):
+        return _struct_decoder(hint)  # type: ignore[arg-type]
+    if origin is list:
+        (item,) = typing.get_args(hint)
+        conv = _converter(item)
+        return lambda v: [conv(x) for x in v]
+    if origin in (Union, types.UnionType):
+        return lambda v: v
+    if isinstance(hint, type) and issubclass(hint, enum.Enum):
+        return hint
+    return lambda v: v
+
+
+def _struct_decoder(cls: type) -> Callable[[Any], Any]:
+    def decode(v: Any) -> Any:
+        convs = _DECODERS[cls]
+        if not isinstance(v, list) or len(v) != len(convs):
+            raise ProtocolError(f"malformed {cls.__name__}: {v!r:.200}")
+        return cls(*(c(x) for c, x in zip(convs, v, strict=True)))
+
+    return decode
+
+
+def struct(cls: M) -> M:
+    """Register a nested wire structure (a frozen dataclass encoded as a list)."""
+    dc = dataclasses.dataclass(frozen=True, slots=True)(cls)
+    hints = typing.get_type_hints(dc)
+    _DECODERS[dc] = [_converter(hints[f.name]) for f in dataclasses.fields(dc)]
+    _FIELD_NAMES[dc] = tuple(f.name for f in dataclasses.fields(dc))
+    return dc
+
+
+def message(tag: int) -> Callable[[M], M]:
+    """Register a top-level message class under a wire tag."""
+
+    def wrap(cls: M) -> M:
+        dc = struct(cls)
+        dc.TAG = tag  # type: ignore[attr-defined]
+        if tag in _BY_TAG:
+            raise RuntimeError(f"duplicate message tag {tag}")
+        _BY_TAG[tag] = dc
+        return dc
+
+    return wrap
+
+
+def _to_wire(value: Any) -> Any:
+    names = _FIELD_NAMES.get(type(value))
+    if names is not None:
+        return [_to_wire(getattr(value, n)) for n in names]
+    if type(value) is list:
+        return [_to_wire(v) for v in value]
+    if isinstance(value, enum.Enum):
+        return value.value
+    return value
+
+
+def encode(msg: Message) -> bytes:
+    """Serialise a message to bytes."""
+    return msgpack.packb([msg.TAG, *_to_wire(msg)], use_bin_type=True)  # type: ignore[no-any-return]
+
+
+def decode(data: bytes) -> Message:
+    """Parse bytes into a message; anything malformed raises :class:`ProtocolError`."""
+    try:
+        raw = msgpack.unpackb(data, raw=False, strict_map_key=False)
+    except Exception as exc:
+        raise ProtocolError(f"undecodable message ({len(data)} bytes): {exc}") from None
+    if not isinstance(raw, list) or not raw or not isinstance(raw[0], int):
+        raise ProtocolError(f"malformed message: {raw!r:.200}")
+    cls = _BY_TAG.get(raw[0])
+    if cls is None:
+        raise ProtocolError(f"unknown message tag {raw[0]}")
+    try:
+        return _struct_decoder(cls)(raw[1:])  # type: ignore[no-any-return]
+    except ProtocolError:
+        raise
+    except Exception as exc:
+        raise ProtocolError(f"malformed {cls.__name__}: {exc}") from None
+
+
+# ---------------------------------------------------------------- structures
+
+
+@struct
+class InputFile:
+    """An input placed in the sandbox as ``remote_name``.
+
+    ``cache_name`` non-empty: taken from the worker's cache (sent earlier with
+    :class:`PutFile`); otherwise ``data`` holds the content.
+    """
+
+    remote_name: str
+    cache_name: str
+    data: bytes
+
+
+@struct
+class TaskSpec:
+    """One attempt of a task, as sent to a worker."""
+
+    task_id: int
+    attempt: int
+    kind: str  # "python" or "shell"
+    payload: bytes  # python: pickled (fn, args, kwargs); shell: b""
+    command: str
+    allocation: dict[str, int]  # cores, memory, disk, gpus
+    env: dict[str, str]
+    inputs: list[InputFile]
+    outputs: list[str]
+    timeout: float  # wall-time limit in seconds, 0 for none
+
+
+@struct
+class TaskResult:
+    """How one attempt ended, as reported by the worker."""
+
+    task_id: int
+    attempt: int
+    status: TaskStatus
+    value: bytes  # pickled return value or exception
+    exit_code: int
+    stdout: bytes
+    stderr: bytes
+    outputs: dict[str, bytes]
+    message: str  # what went wrong, for the non-user failures
+    wall_time: float
+    gpu_ids: list[str]
+
+
+# ---------------------------------------------------------------- worker -> manager
+
+
+@message(1)
+class Hello(Message):
+    protocol: int
+    version: str
+    worker_id: str
+    hostname: str
+    pid: int
+    resources: dict[str, int]
+
+
+@message(2)
+class Results(Message):
+    results: list[TaskResult]
+
+
+@message(3)
+class WorkerHeartbeat(Message):
+    running: int
+
+
+@message(4)
+class Goodbye(Message):
+    reason: str
+
+
+# ---------------------------------------------------------------- manager -> worker
+
+
+@message(10)
+class Welcome(Message):
+    protocol: int
+    version: str
+    heartbeat_interval: float
+    lease: float
+
+
+@message(11)
+class Reject(Message):
+    reason: str
+
+
+@message(12)
+class PutFile(Message):
+    cache_name: str
+    data: bytes
+
+
+@message(13)
+class Dispatch(Message):
+    tasks: list[TaskSpec]
+
+
+@message(14)
+class Kill(Message):
+    task_id: int
+    attempt: int
+
+
+@message(15)
+class ManagerHeartbeat(Message):
+    pass
+
+
+@message(16)
+class Exit(Message):
+    reason: str

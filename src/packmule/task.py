@@ -1,0 +1,184 @@
+"""What users submit: shell :class:`Task`, :class:`PythonTask`, and their :class:`File` s."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Any
+
+from .resources import Resources
+from .serialize import dumps_call
+
+
+@dataclass(frozen=True)
+class File:
+    """A file moved between the manager's machine and the task's sandbox.
+
+    ``remote_name`` is its name inside the sandbox (default: the base name).
+    An input with ``cache=True`` is kept on each worker after its first use
+    and not sent again while the local file's size and modification time
+    stay the same.
+    """
+
+    local_path: str
+    remote_name: str | None = None
+    cache: bool = False
+
+    @property
+    def sandbox_name(self) -> str:
+        name = self.remote_name or os.path.basename(self.local_path)
+        if not name or os.path.isabs(name) or ".." in name.split("/"):
+            raise ValueError(f"bad sandbox name {name!r} for {self.local_path}: use a relative name")
+        return name
+
+
+@dataclass(frozen=True)
+class CommandResult:
+    """What a shell :class:`Task` produced: its future resolves to this."""
+
+    exit_code: int
+    stdout: str
+    stderr: str
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_code == 0
+
+
+def _coerce_files(files: Iterable[File | str]) -> tuple[File, ...]:
+    out = tuple(f if isinstance(f, File) else File(os.fspath(f)) for f in files)
+    for f in out:
+        f.sandbox_name  # noqa: B018 - validates the name early
+    return out
+
+
+class Task:
+    """A shell command run in its own sandbox on a worker.
+
+    ``resources`` is a :class:`Resources` or dict (partial requests are
+    filled in proportionally; none at all takes a whole worker). Higher
+    ``priority`` runs first. ``max_retries`` is how many more times the task
+    is tried after it fails by itself (non-zero exit is not a failure for a
+    shell task; a timeout or a crash is); worker losses never use it up.
+    ``timeout`` is a wall-time limit in seconds.
+    """
+
+    kind = "shell"
+
+    def __init__(
+        self,
+        command: str,
+        *,
+        resources: Resources | Mapping[str, Any] | None = None,
+        category: str | None = None,
+        priority: float = 0,
+        max_retries: int = 0,
+        env: Mapping[str, str] | None = None,
+        input_files: Iterable[File | str] = (),
+        output_files: Iterable[File | str] = (),
+        timeout: float | None = None,
+        tag: str | None = None,
+    ) -> None:
+        if not isinstance(command, str) or not command.strip():
+            raise ValueError(f"command must be a non-empty string, got {command!r}")
+        self.command = command
+        self._init_common(
+            resources, category, priority, max_retries, env, input_files, output_files, timeout, tag
+        )
+
+    def _init_common(
+        self,
+        resources: Resources | Mapping[str, Any] | None,
+        category: str | None,
+        priority: float,
+        max_retries: int,
+        env: Mapping[str, str] | None,
+        input_files: Iterable[File | str],
+        output_files: Iterable[File | str],
+        timeout: float | None,
+        tag: str | None,
+    ) -> None:
+        self.resources = Resources.coerce(resources)
+        self.category = category or "default"
+        if isinstance(priority, bool) or not isinstance(priority, (int, float)):
+            raise ValueError(f"priority must be a number, got {priority!r}")
+        self.priority = float(priority)
+        if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
+            raise ValueError(f"max_retries must be a whole number >= 0, got {max_retries!r}")
+        self.max_retries = max_retries
+        self.env = {str(k): str(v) for k, v in (env or {}).items()}
+        self.input_files = _coerce_files(input_files)
+        self.output_files = _coerce_files(output_files)
+        if timeout is not None and (not isinstance(timeout, (int, float)) or timeout <= 0):
+            raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
+        self.timeout = float(timeout) if timeout else 0.0
+        self.tag = tag
+        # Filled in by the manager.
+        self.id: int | None = None
+        self.future: Future[Any] | None = None
+        self.attempts = 0
+        self.worker: str | None = None
+        self.hostname: str | None = None
+        self.allocation: Resources | None = None
+        self.gpu_ids: list[str] = []
+        self.exit_code: int | None = None
+        self.stdout = ""
+        self.stderr = ""
+        self.wall_time = 0.0
+        self.submit_time = 0.0
+        self.start_time = 0.0
+        self.finish_time = 0.0
+
+    def payload(self) -> bytes:
+        """The bytes sent to the worker besides the command (none for shell tasks)."""
+        return b""
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.id} {self.describe()}>"
+
+    def describe(self) -> str:
+        return repr(self.command[:60])
+
+
+class PythonTask(Task):
+    """A Python call ``fn(*args, **kwargs)`` run in a warm interpreter on a worker.
+
+    Its future resolves to the return value, or raises the function's own
+    exception with the remote traceback as ``__cause__``. The call is pickled
+    (cloudpickle: closures and lambdas work) when the task is submitted.
+    """
+
+    kind = "python"
+
+    def __init__(
+        self,
+        fn: Callable[..., Any],
+        *args: Any,
+        resources: Resources | Mapping[str, Any] | None = None,
+        category: str | None = None,
+        priority: float = 0,
+        max_retries: int = 0,
+        env: Mapping[str, str] | None = None,
+        input_files: Iterable[File | str] = (),
+        output_files: Iterable[File | str] = (),
+        timeout: float | None = None,
+        tag: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        if not callable(fn):
+            raise TypeError(f"PythonTask needs a callable, got {type(fn).__name__}")
+        self.fn = fn
+        self.args = args
+        self.kwargs = kwargs
+        self.command = ""
+        self._init_common(
+            resources, category, priority, max_retries, env, input_files, output_files, timeout, tag
+        )
+
+    def payload(self) -> bytes:
+        return dumps_call(self.fn, self.args, self.kwargs)
+
+    def describe(self) -> str:
+        return getattr(self.fn, "__qualname__", repr(self.fn))

@@ -1,0 +1,1 @@
+"""The worker daemon: resource detection, runners, sandboxes."""

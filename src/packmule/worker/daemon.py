@@ -1,0 +1,489 @@
+"""The worker daemon: connects to a manager and runs as many tasks as fit.
+
+One thread, one poll loop over the manager connection, the runners' sockets
+and a signal pipe. The worker double-checks every task against what it has
+free (the manager's accounting is authoritative; a task that does not fit is
+handed back, *forsaken*), gives it GPU ids, a sandbox and a runner, enforces
+its wall-time limit, and reports the result.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import zmq
+
+from .._version import __version__
+from ..errors import ProtocolError
+from ..protocol import messages as m
+from ..protocol.security import derive_keys
+from ..resources import Resources
+
+log = logging.getLogger("packmule.worker")
+
+#: Reconnect backoff: first wait, and the cap it doubles up to.
+MIN_BACKOFF = 1.0
+MAX_BACKOFF = 60.0
+#: Default idle timeout and connect timeout (seconds), as Work Queue's.
+IDLE_TIMEOUT = 900.0
+CONNECT_TIMEOUT = 900.0
+#: Runners kept warm when idle, at most.
+MAX_IDLE_RUNNERS = 8
+
+
+class ExitCode(enum.IntEnum):
+    """Process exit codes of ``packmule worker``."""
+
+    OK = 0  #: told to exit, idle timeout, signal, or single-shot session over
+    UNREACHABLE = 1  #: no manager reachable within the connect timeout
+    REJECTED = 2  #: the manager refused this worker (version mismatch, bad size)
+    AUTH_FAILED = 3  #: the password does not match the manager's
+
+
+class _SessionEnd(Exception):
+    def __init__(self, code: ExitCode | None, why: str) -> None:
+        super().__init__(why)
+        self.code = code  # None: reconnect
+        self.why = why
+
+
+@dataclass
+class Runner:
+    """A warm interpreter with its own sandbox directory, reused task after task."""
+
+    proc: subprocess.Popen[bytes]
+    conn: Connection
+    sandbox: Path
+
+    @property
+    def io(self) -> tuple[str, str]:
+        """Where the runner captures a task's stdout and stderr."""
+        return f"{self.sandbox}.out", f"{self.sandbox}.err"
+
+    def clear_sandbox(self) -> None:
+        """Empty the sandbox for the next task (cheaper than a new directory)."""
+        with os.scandir(self.sandbox) as entries:
+            for e in entries:
+                if e.is_dir(follow_symlinks=False):
+                    shutil.rmtree(e.path, ignore_errors=True)
+                else:
+                    os.unlink(e.path)
+
+    def kill(self) -> None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.conn.close()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(timeout=5)
+        shutil.rmtree(self.sandbox, ignore_errors=True)
+        for p in self.io:
+            with contextlib.suppress(OSError):
+                os.unlink(p)
+
+
+@dataclass
+class Running:
+    spec: m.TaskSpec
+    runner: Runner
+    alloc: Resources
+    gpu_ids: list[str]
+    started: float
+    deadline: float | None
+
+    @property
+    def sandbox(self) -> Path:
+        return self.runner.sandbox
+
+
+def _spawn_runner(sandbox: Path) -> Runner:
+    sandbox.mkdir()
+    parent, child = socket.socketpair()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "packmule.worker.runner", str(child.fileno())],
+        pass_fds=(child.fileno(),),
+        start_new_session=True,
+        stdin=subprocess.DEVNULL,
+    )
+    child.close()
+    return Runner(proc, Connection(parent.detach()), sandbox)
+
+
+class Worker:
+    """A ``packmule worker``: see ``packmule worker --help`` for each setting."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        *,
+        secret: bytes,
+        resources: Resources,
+        gpu_ids: list[str],
+        workdir: Path,
+        idle_timeout: float = IDLE_TIMEOUT,
+        connect_timeout: float = CONNECT_TIMEOUT,
+        single_shot: bool = False,
+    ) -> None:
+        if not resources.is_complete:
+            raise ValueError(f"worker size must be complete, got {resources}")
+        self.host, self.port = host, port
+        self.keys = derive_keys(secret)
+        self.size = resources
+        self.gpu_ids = gpu_ids
+        self.idle_timeout = idle_timeout
+        self.connect_timeout = connect_timeout
+        self.single_shot = single_shot
+        self.hostname = socket.gethostname()
+        self.workspace = workdir / f"worker-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self._stop_reason: str | None = None
+
+    # ------------------------------------------------------------ process level
+    def run(self) -> int:
+        """Serve managers until told to stop; returns the process exit code."""
+        sig_r, sig_w = socket.socketpair()
+        sig_r.setblocking(False)
+        sig_w.setblocking(False)
+        old_wakeup = signal.set_wakeup_fd(sig_w.fileno())
+        previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+        self._sig = sig_r
+        backoff = MIN_BACKOFF
+        reachable_since = time.monotonic()
+        try:
+            while True:
+                connected, end = self._session()
+                log.info("session ended: %s", end.why)
+                if end.code is not None:
+                    return int(end.code)
+                if self.single_shot and connected:
+                    return int(ExitCode.OK)
+                if connected:
+                    reachable_since, backoff = time.monotonic(), MIN_BACKOFF
+                if time.monotonic() - reachable_since > self.connect_timeout:
+                    log.error(
+                        "no manager reachable at %s:%d for %.0f s (--connect-timeout); exiting",
+                        self.host, self.port, self.connect_timeout,
+                    )
+                    return int(ExitCode.UNREACHABLE)
+                if self._sleep(backoff):
+                    return int(ExitCode.OK)
+                backoff = min(MAX_BACKOFF, backoff * 2)
+        finally:
+            signal.set_wakeup_fd(old_wakeup)
+            for s, h in previous.items():
+                signal.signal(s, h)
+            sig_r.close()
+            sig_w.close()
+            shutil.rmtree(self.workspace, ignore_errors=True)
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        self._stop_reason = f"received {signal.Signals(signum).name}"
+
+    def _sleep(self, seconds: float) -> bool:
+        """Sleep unless a signal arrives; True if told to stop."""
+        deadline = time.monotonic() + seconds
+        while self._stop_reason is None and time.monotonic() < deadline:
+            zmq.select([self._sig], [], [], max(0.0, deadline - time.monotonic()))
+            self._drain_signal_pipe()
+        return self._stop_reason is not None
+
+    def _drain_signal_pipe(self) -> None:
+        with contextlib.suppress(BlockingIOError):
+            while self._sig.recv(64):
+                pass
+
+    # ------------------------------------------------------------ one session
+    def _session(self) -> tuple[bool, _SessionEnd]:
+        """One connection to the manager. Returns (handshake completed, why it ended)."""
+        self.workspace.mkdir(parents=True, exist_ok=True)
+        (self.workspace / "cache").mkdir(exist_ok=True)
+        ctx = zmq.Context()
+        sock = ctx.socket(zmq.DEALER)
+        sock.curve_serverkey = self.keys.server_public
+        sock.curve_publickey = self.keys.client_public
+        sock.curve_secretkey = self.keys.client_secret
+        sock.linger = 1000
+        sock.sndhwm = 0
+        sock.rcvhwm = 0
+        sock.routing_id = uuid.uuid4().bytes
+        monitor = sock.get_monitor_socket(
+            zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+            | zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_DISCONNECTED
+        )
+        sock.connect(f"tcp://{self.host}:{self.port}")
+        self.sock, self.monitor = sock, monitor
+        self.free = self.size
+        self.free_gpus = list(self.gpu_ids)
+        self.running: dict[tuple[int, int], Running] = {}
+        self.idle: list[Runner] = []
+        self._runner_count = 0
+        self.welcomed = False
+        try:
+            self._send(
+                m.Hello(
+                    m.PROTOCOL_VERSION, __version__, self.workspace.name, self.hostname,
+                    os.getpid(), {k: int(v or 0) for k, v in self.size.as_dict().items()},
+                )
+            )
+            self._loop()
+        except _SessionEnd as end:
+            if end.code is not None and self.welcomed:
+                with contextlib.suppress(zmq.ZMQError):
+                    self._send(m.Goodbye(end.why))
+            return self.welcomed, end
+        finally:
+            for r in [*self.idle, *(run.runner for run in self.running.values())]:
+                r.kill()
+            sock.disable_monitor()
+            monitor.close(0)
+            sock.close()
+            ctx.term()
+        raise AssertionError("unreachable")
+
+    def _send(self, msg: m.Message) -> None:
+        self.sock.send(m.encode(msg), copy=False)
+
+    def _loop(self) -> None:
+        poller = zmq.Poller()
+        poller.register(self.sock, zmq.POLLIN)
+        poller.register(self.monitor, zmq.POLLIN)
+        poller.register(self._sig, zmq.POLLIN)
+        connect_deadline = time.monotonic() + self.connect_timeout
+        heartbeat = 1.0
+        lease = 30.0
+        last_heard = last_beat = last_busy = time.monotonic()
+        by_fd: dict[int, tuple[int, int]] = {}
+        while True:
+            now = time.monotonic()
+            if self._stop_reason is not None:
+                raise _SessionEnd(ExitCode.OK, self._stop_reason)
+            if not self.welcomed:
+                wake = connect_deadline
+            else:
+                deadlines = [r.deadline for r in self.running.values() if r.deadline is not None]
+                wake = min([last_beat + heartbeat, last_heard + lease, *deadlines])
+                if not self.running:
+                    wake = min(wake, last_busy + self.idle_timeout)
+            events = dict(poller.poll(max(0, int((wake - now) * 1000)) + 1))
+            now = time.monotonic()
+            if self._sig.fileno() in events or self._sig in events:
+                self._drain_signal_pipe()
+            if self.monitor in events:
+                self._monitor_events()
+            results: list[m.TaskResult] = []
+            if self.sock in events:
+                while True:
+                    try:
+                        data = self.sock.recv(zmq.NOBLOCK)
+                    except zmq.Again:
+                        break
+                    last_heard = now
+                    msg = m.decode(data)
+                    if isinstance(msg, m.Welcome):
+                        self.welcomed = True
+                        heartbeat, lease = msg.heartbeat_interval, msg.lease
+                        log.info("connected to manager %s:%d (packmule %s)",
+                                 self.host, self.port, msg.version)
+                        self._warm_runners()
+                    elif isinstance(msg, m.Reject):
+                        log.error("the manager refused this worker: %s", msg.reason)
+                        raise _SessionEnd(ExitCode.REJECTED, msg.reason)
+                    elif isinstance(msg, m.Exit):
+                        raise _SessionEnd(ExitCode.OK, f"manager said exit: {msg.reason}")
+                    elif isinstance(msg, m.Dispatch):
+                        for spec in msg.tasks:
+                            r = self._start(spec, now)
+                            if isinstance(r, m.TaskResult):
+                                results.append(r)
+                            else:
+                                by_fd[r.runner.conn.fileno()] = (spec.task_id, spec.attempt)
+                                poller.register(r.runner.conn.fileno(), zmq.POLLIN)
+                    elif isinstance(msg, m.PutFile):
+                        (self.workspace / "cache" / msg.cache_name).write_bytes(msg.data)
+                    elif isinstance(msg, m.Kill):
+                        run = self.running.get((msg.task_id, msg.attempt))
+                        if run is not None:
+                            self._drop(run, poller, by_fd)
+                            run.runner.kill()
+            for fd, key in list(by_fd.items()):
+                if fd in events:
+                    run = self.running[key]
+                    self._drop(run, poller, by_fd)
+                    results.append(self._collect(run))
+            for run in list(self.running.values()):
+                if run.deadline is not None and now >= run.deadline:
+                    self._drop(run, poller, by_fd)
+                    run.runner.kill()
+                    results.append(self._result(run, m.TaskStatus.TIMEOUT,
+                                                f"killed after {run.spec.timeout:g} s"))
+            if results:
+                self._send(m.Results(results))
+            if self.running:
+                last_busy = now
+            if not self.welcomed:
+                if now >= connect_deadline:
+                    raise _SessionEnd(None, "no answer from the manager")
+                continue
+            if now - last_heard > lease:
+                raise _SessionEnd(None, f"no message from the manager for {lease:.0f} s")
+            if not self.running and now - last_busy > self.idle_timeout:
+                raise _SessionEnd(ExitCode.OK, f"idle for {self.idle_timeout:.0f} s")
+            if now - last_beat >= heartbeat:
+                last_beat = now
+                self._send(m.WorkerHeartbeat(len(self.running)))
+
+    def _monitor_events(self) -> None:
+        while True:
+            try:
+                frames = self.monitor.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            event = int.from_bytes(frames[0][:2], "little")
+            if event & (zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+                        | zmq.EVENT_HANDSHAKE_FAILED_AUTH):
+                msg = (
+                    f"authentication with the manager at {self.host}:{self.port} failed: this "
+                    "worker's password differs from the manager's. Use the manager's password "
+                    "file (--password-file) or $PACKMULE_PASSWORD."
+                )
+                log.error("%s", msg)
+                print(f"packmule worker: {msg}", file=sys.stderr)
+                raise _SessionEnd(ExitCode.AUTH_FAILED, "authentication failed")
+            if event == zmq.EVENT_DISCONNECTED and self.welcomed:
+                raise _SessionEnd(None, "connection to the manager closed")
+
+    # ------------------------------------------------------------ tasks
+    def _warm_runners(self) -> None:
+        want = min(MAX_IDLE_RUNNERS, max(1, self.size.cores or 1))
+        while len(self.idle) < want:
+            self.idle.append(self._new_runner())
+
+    def _new_runner(self) -> Runner:
+        self._runner_count += 1
+        return _spawn_runner(self.workspace / f"r{self._runner_count}")
+
+    def _result(self, run: Running, status: m.TaskStatus, message: str) -> m.TaskResult:
+        return m.TaskResult(
+            run.spec.task_id, run.spec.attempt, status, b"", -1, b"", b"", {}, message,
+            time.monotonic() - run.started, run.gpu_ids,
+        )
+
+    def _reply(self, spec: m.TaskSpec, status: m.TaskStatus, message: str) -> m.TaskResult:
+        return m.TaskResult(spec.task_id, spec.attempt, status, b"", -1, b"", b"", {}, message,
+                            0.0, [])
+
+    def _start(self, spec: m.TaskSpec, now: float) -> Running | m.TaskResult:
+        try:
+            alloc = Resources(**spec.allocation)
+        except (TypeError, ValueError) as exc:
+            raise ProtocolError(f"bad allocation {spec.allocation!r}: {exc}") from None
+        if not alloc.fits_in(self.free):
+            return self._reply(
+                spec, m.TaskStatus.FORSAKEN,
+                f"worker {self.hostname} has {self.free} free, the task needs {alloc}",
+            )
+        runner = self.idle.pop() if self.idle else self._new_runner()
+        sandbox = runner.sandbox
+        try:
+            for f in spec.inputs:
+                dest = sandbox / f.remote_name
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                if f.cache_name:
+                    src = self.workspace / "cache" / f.cache_name
+                    try:
+                        os.link(src, dest)
+                    except OSError:
+                        shutil.copyfile(src, dest)
+                else:
+                    dest.write_bytes(f.data)
+        except OSError as exc:
+            self._recycle(runner)
+            return self._reply(spec, m.TaskStatus.SETUP_ERROR, f"cannot prepare sandbox: {exc}")
+        gpus = [self.free_gpus.pop(0) for _ in range(alloc.gpus or 0)]
+        self.free = self.free - alloc
+        cores = str(max(1, alloc.cores or 0))
+        env = {
+            **spec.env,
+            "CORES": cores, "OMP_NUM_THREADS": cores, "OPENBLAS_NUM_THREADS": cores,
+            "MKL_NUM_THREADS": cores, "VECLIB_MAXIMUM_THREADS": cores,
+            "NUMEXPR_NUM_THREADS": cores,
+            "MEMORY": str(alloc.memory), "DISK": str(alloc.disk), "GPUS": str(alloc.gpus),
+            "CUDA_VISIBLE_DEVICES": ",".join(gpus),
+            "TMPDIR": str(sandbox), "PACKMULE_SANDBOX": str(sandbox),
+        }
+        io = runner.io
+        run = Running(spec, runner, alloc, gpus, now,
+                      now + spec.timeout if spec.timeout > 0 else None)
+        req = {"kind": spec.kind, "payload": spec.payload, "command": spec.command,
+               "sandbox": str(sandbox), "env": env, "stdout": io[0], "stderr": io[1]}
+        runner.conn.send_bytes(msgpack.packb(req, use_bin_type=True))
+        self.running[(spec.task_id, spec.attempt)] = run
+        return run
+
+    def _drop(self, run: Running, poller: zmq.Poller, by_fd: dict[int, tuple[int, int]]) -> None:
+        """Forget a running task and give back its resources."""
+        key = (run.spec.task_id, run.spec.attempt)
+        self.running.pop(key, None)
+        fd = run.runner.conn.fileno() if not run.runner.conn.closed else None
+        if fd is not None and by_fd.pop(fd, None) is not None:
+            poller.unregister(fd)
+        self.free = self.free + run.alloc
+        self.free_gpus.extend(run.gpu_ids)
+
+    def _recycle(self, runner: Runner) -> None:
+        """Keep a healthy runner warm for the next task, with an empty sandbox."""
+        try:
+            runner.clear_sandbox()
+        except OSError:
+            runner.kill()
+            return
+        if len(self.idle) < MAX_IDLE_RUNNERS:
+            self.idle.append(runner)
+        else:
+            runner.kill()
+
+    def _collect(self, run: Running) -> m.TaskResult:
+        """Read a runner's reply and build the task's result."""
+        try:
+            reply = msgpack.unpackb(run.runner.conn.recv_bytes(), raw=False)
+        except (EOFError, OSError):
+            run.runner.kill()
+            code = run.runner.proc.returncode
+            how = (f"signal {signal.Signals(-code).name}" if code is not None and code < 0
+                   else f"exit code {code}")
+            return self._result(
+                run, m.TaskStatus.CRASHED,
+                f"the process running the task died ({how}) on {self.hostname}. It may have run "
+                "out of memory or crashed in native code.",
+            )
+        status = m.TaskStatus(reply["status"])
+        outputs: dict[str, bytes] = {}
+        message = ""
+        if status is m.TaskStatus.SUCCESS:
+            for name in run.spec.outputs:
+                try:
+                    outputs[name] = (run.sandbox / name).read_bytes()
+                except OSError:
+                    status = m.TaskStatus.OUTPUT_MISSING
+                    message = f"the task did not produce its output file {name!r}"
+                    break
+        self._recycle(run.runner)
+        return m.TaskResult(
+            run.spec.task_id, run.spec.attempt, status, reply["value"], reply["exit_code"],
+            reply["stdout"], reply["stderr"], outputs if status is m.TaskStatus.SUCCESS else {},
+            message, reply["wall_time"], run.gpu_ids,
+        )

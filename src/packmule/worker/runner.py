@@ -1,0 +1,127 @@
+"""A runner: a warm interpreter that executes a worker's tasks, one at a time.
+
+The worker starts runners with ``python -m packmule.worker.runner FD``, each
+in its own session (process group), and talks to it over a socket pair: one
+msgpack request per task, one reply. Python tasks run inside the runner
+itself, so they pay no interpreter start; shell tasks run as a child in the
+runner's process group. Killing the group kills the task and anything it
+started; the worker then starts a fresh runner.
+
+The requests come from the worker, which got them from an authenticated
+manager: this is the only place where task calls are unpickled.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from multiprocessing.connection import Connection
+from typing import Any
+
+import msgpack
+
+from ..serialize import dumps_exception, dumps_result, loads
+
+#: Captured stdout/stderr beyond this many bytes is cut (the end is kept).
+OUTPUT_LIMIT = 1 << 20
+
+
+def _read_capped(path: str) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            if size > OUTPUT_LIMIT:
+                f.seek(size - OUTPUT_LIMIT)
+                return b"[... output cut, last %d bytes follow ...]\n" % OUTPUT_LIMIT + f.read()
+            return f.read()
+    except OSError:
+        return b""
+
+
+def run_python(payload: bytes) -> tuple[str, bytes]:
+    """Call the pickled function; returns (status, pickled value or exception)."""
+    try:
+        fn, args, kwargs = loads(payload)
+        value = fn(*args, **kwargs)
+    except BaseException as exc:  # noqa: BLE001 - SystemExit in a task must not end the runner
+        return "exception", dumps_exception(exc)
+    try:
+        return "success", dumps_result(value)
+    except Exception as exc:
+        return "exception", dumps_exception(exc)
+
+
+def execute(req: dict[str, Any]) -> dict[str, Any]:
+    """Run one task as described by the worker's request."""
+    sandbox, env = req["sandbox"], req["env"]
+    out_path, err_path = req["stdout"], req["stderr"]
+    start = time.perf_counter()
+    exit_code = 0
+    if req["kind"] == "shell":
+        with open(out_path, "wb") as out, open(err_path, "wb") as err:
+            proc = subprocess.run(
+                ["/bin/sh", "-c", req["command"]],
+                cwd=sandbox, env={**os.environ, **env},
+                stdin=subprocess.DEVNULL, stdout=out, stderr=err, check=False,
+            )
+        status, value, exit_code = "success", b"", proc.returncode
+    else:
+        saved_env = {k: os.environ.get(k) for k in env}
+        os.environ.update(env)
+        home = os.getcwd()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        saved_fds = os.dup(1), os.dup(2)
+        out_fd = os.open(out_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        err_fd = os.open(err_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.dup2(out_fd, 1)
+        os.dup2(err_fd, 2)
+        os.close(out_fd)
+        os.close(err_fd)
+        try:
+            os.chdir(sandbox)
+            status, value = run_python(req["payload"])
+        finally:
+            try:
+                sys.stdout.flush()
+                sys.stderr.flush()
+            except Exception:  # noqa: S110 - a task may have closed them
+                pass
+            os.dup2(saved_fds[0], 1)
+            os.dup2(saved_fds[1], 2)
+            os.close(saved_fds[0])
+            os.close(saved_fds[1])
+            os.chdir(home)
+            for k, v in saved_env.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+    return {
+        "status": status,
+        "value": value,
+        "exit_code": exit_code,
+        "stdout": _read_capped(out_path),
+        "stderr": _read_capped(err_path),
+        "wall_time": time.perf_counter() - start,
+    }
+
+
+def main() -> None:
+    conn = Connection(int(sys.argv[1]))
+    # A task's output must not go to the worker's terminal between tasks either.
+    devnull = os.open(os.devnull, os.O_RDWR)
+    os.dup2(devnull, 0)
+    while True:
+        try:
+            data = conn.recv_bytes()
+        except (EOFError, OSError):
+            return
+        reply = execute(msgpack.unpackb(data, raw=False))
+        conn.send_bytes(msgpack.packb(reply, use_bin_type=True))
+
+
+if __name__ == "__main__":
+    main()
