@@ -36,7 +36,11 @@ def start_worker(
         if value is not None:
             cmd += [flag, str(value)]
     cmd += list(extra_args)
-    child_env = {**os.environ, **(env or {}), PASSWORD_ENV: manager._secret.decode()}
+    # A local worker sees the modules this program sees (e.g. a helper module
+    # next to the script), as it would on a shared filesystem.
+    path = os.pathsep.join(p for p in sys.path if p and os.path.isdir(p))
+    child_env = {**os.environ, "PYTHONPATH": path, PASSWORD_ENV: manager._secret.decode(),
+                 **(env or {})}
     return subprocess.Popen(cmd, env=child_env, **popen)
 
 

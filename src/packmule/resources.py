@@ -172,4 +172,5 @@ ZERO = Resources._raw(0, 0, 0, 0)
 
 def maximum(a: Resources, b: Resources) -> Resources:
     """Element-wise maximum of two concrete amounts."""
-    return Resources._raw(*(max(x or 0, y or 0) for x, y in zip(a.astuple(), b.astuple(), strict=True)))
+    pairs = zip(a.astuple(), b.astuple(), strict=True)
+    return Resources._raw(*(max(x or 0, y or 0) for x, y in pairs))

@@ -30,7 +30,9 @@ class File:
     def sandbox_name(self) -> str:
         name = self.remote_name or os.path.basename(self.local_path)
         if not name or os.path.isabs(name) or ".." in name.split("/"):
-            raise ValueError(f"bad sandbox name {name!r} for {self.local_path}: use a relative name")
+            raise ValueError(
+                f"bad sandbox name {name!r} for {self.local_path}: use a relative name"
+            )
         return name
 
 

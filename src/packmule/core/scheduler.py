@@ -246,7 +246,9 @@ class ManagerState:
             best = maximum(best, w.total)
         return best
 
-    def _place(self, t: TaskRecord, workers: Iterable[WorkerRecord]) -> tuple[WorkerRecord, Resources] | None:
+    def _place(
+        self, t: TaskRecord, workers: Iterable[WorkerRecord]
+    ) -> tuple[WorkerRecord, Resources] | None:
         """Best fit: the worker left with the fewest free cores (then memory) after placing."""
         choice: tuple[tuple[int, int], WorkerRecord, Resources] | None = None
         for w in workers:

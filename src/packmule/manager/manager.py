@@ -9,6 +9,7 @@ loop feeds socket events to the core and carries out its decisions.
 from __future__ import annotations
 
 import collections
+import contextlib
 import errno
 import itertools
 import logging
@@ -83,6 +84,7 @@ class ManagerStats:
     tasks_submitted: int
     tasks_succeeded: int
     tasks_failed: int
+    files_sent: int
 
 
 class Manager:
@@ -126,6 +128,7 @@ class Manager:
         self._core = ManagerState(validate=validate)
         self._tasks: dict[int, Task] = {}
         self._payloads: dict[int, bytes] = {}
+        self._future_ids: dict[Future[Any], int] = {}
         self._conns: dict[str, WorkerConn] = {}
         self._ids = itertools.count(1)
         self._inbox: collections.deque[tuple[str, Any]] = collections.deque()
@@ -190,7 +193,9 @@ class Manager:
         if self._closed:
             raise RuntimeError("the manager has been shut down; create a new Manager")
         if not isinstance(task, Task):
-            raise TypeError(f"submit() takes a packmule Task or PythonTask, got {type(task).__name__}")
+            raise TypeError(
+                f"submit() takes a packmule Task or PythonTask, got {type(task).__name__}"
+            )
         if task.future is not None:
             raise ValueError(f"{task!r} was already submitted; create a new task")
         fut: Future[Any] = Future()
@@ -211,9 +216,13 @@ class Manager:
             return fut
         with self._outstanding_lock:
             self._outstanding += 1
-        fut.add_done_callback(lambda f, tid=task.id: f.cancelled() and self._post("cancel", tid))
+        fut.add_done_callback(self._on_future_done)
         self._post("submit", (task, payload))
         return fut
+
+    def _on_future_done(self, fut: Future[Any]) -> None:
+        if fut.cancelled():
+            self._post("cancel", fut)
 
     def cancel(self, task: Task | Future[Any]) -> bool:
         """Cancel a task (waiting or running). Returns False if it had already finished."""
@@ -245,7 +254,8 @@ class Manager:
 
     def stats(self) -> ManagerStats:
         """Workers, tasks by state, and committed vs total resources, right now."""
-        return self._call(self._stats)
+        stats: ManagerStats = self._call(self._stats)
+        return stats
 
     def shutdown(self, wait: bool = True) -> None:
         """Stop the manager: tell workers to exit (``shutdown_workers``), fail unfinished tasks."""
@@ -271,10 +281,9 @@ class Manager:
 
     def _post(self, kind: str, arg: Any) -> None:
         self._inbox.append((kind, arg))
-        try:
+        # A full pipe means the loop is already awake; a closed one that it stopped.
+        with contextlib.suppress(OSError):
             os.write(self._wake_w, b"x")
-        except (BlockingIOError, OSError):
-            pass  # pipe full (already woken) or closed (stopping)
 
     # ================================================================ the I/O loop
     def _run(self) -> None:
@@ -330,13 +339,17 @@ class Manager:
             task, payload = arg
             self._payloads[task.id] = payload
             self._tasks[task.id] = task
+            self._future_ids[task.future] = task.id
             self._core.submit(task.id, task.resources, now, task.priority, task.max_retries)
             self._counters["tasks_submitted"] += 1
         elif kind == "cancel":
-            running = self._core.cancel(arg, now)
-            task = self._tasks.pop(arg, None)
-            self._payloads.pop(arg, None)
-            self._core.forget(arg)
+            tid = self._future_ids.pop(arg, None)
+            if tid is None:
+                return
+            running = self._core.cancel(tid, now)
+            task = self._tasks.pop(tid, None)
+            self._payloads.pop(tid, None)
+            self._core.forget(tid)
             if running is not None:
                 self._send(running.worker, m.Kill(running.task_id, running.attempt))
             if task is not None:
@@ -361,6 +374,7 @@ class Manager:
             tasks_submitted=c["tasks_submitted"],
             tasks_succeeded=c["tasks_succeeded"],
             tasks_failed=c["tasks_failed"],
+            files_sent=c["files_sent"],
         )
 
     # ---------------------------------------------------------------- sending
@@ -419,10 +433,8 @@ class Manager:
                 self._lose_worker(wid, now, f"worker left: {msg.reason}")
 
     def _reject(self, identity: bytes, reason: str) -> None:
-        try:
+        with contextlib.suppress(zmq.ZMQError):
             self._router.send_multipart([identity, m.encode(m.Reject(reason))])
-        except zmq.ZMQError:
-            pass
 
     def _hello(self, identity: bytes, wid: str, msg: m.Message, now: float) -> None:
         if not isinstance(msg, m.Hello):
@@ -469,9 +481,9 @@ class Manager:
                 self._finish_error(
                     tid,
                     WorkerLost(
-                        f"task {tid} was on {MAX_REQUEUES} workers that were all lost (last: {conn.hostname}: "
-                        f"{why}). The task may be killing its workers (memory, segfault); check it "
-                        "runs alone, or give it more resources.",
+                        f"task {tid} was on {MAX_REQUEUES} workers that were all lost (last: "
+                        f"{conn.hostname}: {why}). The task may be killing its workers "
+                        "(memory, segfault); check that it runs alone, or give it more resources.",
                         tid,
                     ),
                 )
@@ -506,7 +518,8 @@ class Manager:
         frames = self._zap.recv_multipart()
         version, request_id = frames[0], frames[1]
         mechanism = frames[5] if len(frames) > 5 else b""
-        ok = mechanism == b"CURVE" and len(frames) > 6 and frames[6] == zmq.utils.z85.decode(self._client_public)
+        key = frames[6] if len(frames) > 6 else b""
+        ok = mechanism == b"CURVE" and key == zmq.utils.z85.decode(self._client_public)
         status = (b"200", b"OK") if ok else (b"400", b"wrong key: the password differs")
         self._zap.send_multipart([version, request_id, status[0], status[1], b"", b""])
         if not ok:
@@ -539,7 +552,8 @@ class Manager:
         task.stderr = r.stderr.decode("utf-8", "replace")
         task.wall_time = r.wall_time
         if verdict is Verdict.RETRY:
-            log.info("task %d attempt %d failed (%s); retrying", r.task_id, r.attempt, r.status.value)
+            log.info("task %d attempt %d failed (%s); retrying",
+                     r.task_id, r.attempt, r.status.value)
             return
         if verdict is Verdict.DONE:
             try:
@@ -586,13 +600,12 @@ class Manager:
         self._core.forget(tid)
         if task is None or task.future is None:
             return
+        self._future_ids.pop(task.future, None)
         task.finish_time = time.time()
         self._counters["tasks_succeeded"] += 1
         if not task.future.done():
-            try:
+            with contextlib.suppress(Exception):  # cancelled concurrently
                 task.future.set_result(value)
-            except Exception:  # cancelled concurrently
-                pass
         self._completed.put(task)
 
     def _finish_error(self, tid: int, exc: BaseException) -> None:
@@ -601,13 +614,12 @@ class Manager:
         self._core.forget(tid)
         if task is None or task.future is None:
             return
+        self._future_ids.pop(task.future, None)
         task.finish_time = time.time()
         self._counters["tasks_failed"] += 1
         if not task.future.done():
-            try:
+            with contextlib.suppress(Exception):
                 task.future.set_exception(exc)
-            except Exception:
-                pass
         self._completed.put(task)
 
     # ---------------------------------------------------------------- dispatch
@@ -643,10 +655,12 @@ class Manager:
                     name = cache_name(f.local_path)
                     if name not in conn.cached:
                         self._send(a.worker, m.PutFile(name, Path(f.local_path).read_bytes()))
+                        self._counters["files_sent"] += 1
                         conn.cached.add(name)
                     inputs.append(m.InputFile(f.sandbox_name, name, b""))
                 else:
                     inputs.append(m.InputFile(f.sandbox_name, "", Path(f.local_path).read_bytes()))
+                    self._counters["files_sent"] += 1
         except OSError as exc:
             self._core.cancel(a.task_id, now)
             self._finish_error(
@@ -685,10 +699,8 @@ class Manager:
             )
         self._close_sockets()
         for fd in (self._wake_r, self._wake_w):
-            try:
+            with contextlib.suppress(OSError):
                 os.close(fd)
-            except OSError:
-                pass
 
     def _close_sockets(self) -> None:
         self._router.disable_monitor()

@@ -77,24 +77,24 @@ def _struct_decoder(cls: type) -> Callable[[Any], Any]:
 
 
 def struct(cls: M) -> M:
-    """Register a nested wire structure (a frozen dataclass encoded as a list)."""
-    dc = dataclasses.dataclass(frozen=True, slots=True)(cls)
-    hints = typing.get_type_hints(dc)
-    _DECODERS[dc] = [_converter(hints[f.name]) for f in dataclasses.fields(dc)]
-    _FIELD_NAMES[dc] = tuple(f.name for f in dataclasses.fields(dc))
-    return dc
+    """Register a dataclass as a wire structure (encoded as the list of its fields)."""
+    hints = typing.get_type_hints(cls)
+    fields = dataclasses.fields(cls)
+    _DECODERS[cls] = [_converter(hints[f.name]) for f in fields]
+    _FIELD_NAMES[cls] = tuple(f.name for f in fields)
+    return cls
 
 
 def message(tag: int) -> Callable[[M], M]:
-    """Register a top-level message class under a wire tag."""
+    """Register a message dataclass under a wire tag."""
 
     def wrap(cls: M) -> M:
-        dc = struct(cls)
-        dc.TAG = tag  # type: ignore[attr-defined]
         if tag in _BY_TAG:
             raise RuntimeError(f"duplicate message tag {tag}")
-        _BY_TAG[tag] = dc
-        return dc
+        struct(cls)
+        cls.TAG = tag  # type: ignore[attr-defined]
+        _BY_TAG[tag] = cls
+        return cls
 
     return wrap
 
@@ -138,6 +138,7 @@ def decode(data: bytes) -> Message:
 
 
 @struct
+@dataclasses.dataclass(frozen=True, slots=True)
 class InputFile:
     """An input placed in the sandbox as ``remote_name``.
 
@@ -151,6 +152,7 @@ class InputFile:
 
 
 @struct
+@dataclasses.dataclass(frozen=True, slots=True)
 class TaskSpec:
     """One attempt of a task, as sent to a worker."""
 
@@ -167,6 +169,7 @@ class TaskSpec:
 
 
 @struct
+@dataclasses.dataclass(frozen=True, slots=True)
 class TaskResult:
     """How one attempt ended, as reported by the worker."""
 
@@ -187,6 +190,7 @@ class TaskResult:
 
 
 @message(1)
+@dataclasses.dataclass(frozen=True, slots=True)
 class Hello(Message):
     protocol: int
     version: str
@@ -197,16 +201,19 @@ class Hello(Message):
 
 
 @message(2)
+@dataclasses.dataclass(frozen=True, slots=True)
 class Results(Message):
     results: list[TaskResult]
 
 
 @message(3)
+@dataclasses.dataclass(frozen=True, slots=True)
 class WorkerHeartbeat(Message):
     running: int
 
 
 @message(4)
+@dataclasses.dataclass(frozen=True, slots=True)
 class Goodbye(Message):
     reason: str
 
@@ -215,6 +222,7 @@ class Goodbye(Message):
 
 
 @message(10)
+@dataclasses.dataclass(frozen=True, slots=True)
 class Welcome(Message):
     protocol: int
     version: str
@@ -223,32 +231,38 @@ class Welcome(Message):
 
 
 @message(11)
+@dataclasses.dataclass(frozen=True, slots=True)
 class Reject(Message):
     reason: str
 
 
 @message(12)
+@dataclasses.dataclass(frozen=True, slots=True)
 class PutFile(Message):
     cache_name: str
     data: bytes
 
 
 @message(13)
+@dataclasses.dataclass(frozen=True, slots=True)
 class Dispatch(Message):
     tasks: list[TaskSpec]
 
 
 @message(14)
+@dataclasses.dataclass(frozen=True, slots=True)
 class Kill(Message):
     task_id: int
     attempt: int
 
 
 @message(15)
+@dataclasses.dataclass(frozen=True, slots=True)
 class ManagerHeartbeat(Message):
     pass
 
 
 @message(16)
+@dataclasses.dataclass(frozen=True, slots=True)
 class Exit(Message):
     reason: str

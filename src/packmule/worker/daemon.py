@@ -442,7 +442,7 @@ class Worker:
         if fd is not None and by_fd.pop(fd, None) is not None:
             poller.unregister(fd)
         self.free = self.free + run.alloc
-        self.free_gpus.extend(run.gpu_ids)
+        self.free_gpus = [g for g in self.gpu_ids if g in self.free_gpus or g in run.gpu_ids]
 
     def _recycle(self, runner: Runner) -> None:
         """Keep a healthy runner warm for the next task, with an empty sandbox."""

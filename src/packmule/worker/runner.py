@@ -14,8 +14,10 @@ manager: this is the only place where task calls are unpickled.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import threading
 import time
 from multiprocessing.connection import Connection
 from typing import Any
@@ -45,7 +47,7 @@ def run_python(payload: bytes) -> tuple[str, bytes]:
     try:
         fn, args, kwargs = loads(payload)
         value = fn(*args, **kwargs)
-    except BaseException as exc:  # noqa: BLE001 - SystemExit in a task must not end the runner
+    except BaseException as exc:
         return "exception", dumps_exception(exc)
     try:
         return "success", dumps_result(value)
@@ -87,7 +89,7 @@ def execute(req: dict[str, Any]) -> dict[str, Any]:
             try:
                 sys.stdout.flush()
                 sys.stderr.flush()
-            except Exception:  # noqa: S110 - a task may have closed them
+            except Exception:
                 pass
             os.dup2(saved_fds[0], 1)
             os.dup2(saved_fds[1], 2)
@@ -109,8 +111,21 @@ def execute(req: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _die_with_parent(interval: float = 0.5) -> None:
+    """End this runner's whole process group (its task too) once the worker is gone."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(interval)
+        os.killpg(0, signal.SIGKILL)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
 def main() -> None:
     conn = Connection(int(sys.argv[1]))
+    _die_with_parent()
     # A task's output must not go to the worker's terminal between tasks either.
     devnull = os.open(os.devnull, os.O_RDWR)
     os.dup2(devnull, 0)

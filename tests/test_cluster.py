@@ -1,0 +1,385 @@
+"""Integration: a real manager and real ``packmule worker`` subprocesses on loopback."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import subprocess
+import threading
+import time
+from concurrent.futures import CancelledError
+from pathlib import Path
+
+import pytest
+import zmq
+
+import packmule
+from packmule import File, PythonTask, Resources, Task
+from packmule.local import start_worker, stop_worker
+from packmule.protocol import messages as m
+from packmule.protocol.security import derive_keys
+
+from .conftest import ClusterFactory, connected, wait_until
+
+
+def span(seconds: float) -> tuple[float, float, int]:
+    """A task body: sleep, report (start, end, pid) in wall-clock time."""
+    start = time.time()
+    time.sleep(seconds)
+    return start, time.time(), os.getpid()
+
+
+def max_overlap(intervals: list[tuple[float, float]]) -> int:
+    events = sorted([(s, 1) for s, _ in intervals] + [(e, -1) for _, e in intervals])
+    best = cur = 0
+    for _, d in events:
+        cur += d
+        best = max(best, cur)
+    return best
+
+
+def test_one_core_tasks_run_four_at_a_time_on_two_by_two(cluster: ClusterFactory) -> None:
+    with cluster(2, cores=2) as mgr:
+        wait_until(connected(mgr, 2))
+        tasks = [PythonTask(span, 0.4, resources={"cores": 1}) for _ in range(8)]
+        futs = [mgr.submit(t) for t in tasks]
+        spans = [f.result(timeout=30) for f in futs]
+        assert max_overlap([(s, e) for s, e, _ in spans]) == 4
+        assert all(t.allocation == Resources(1, 1000, 1000, 0) for t in tasks)
+
+
+def test_two_core_task_waits_for_a_whole_worker(cluster: ClusterFactory) -> None:
+    with cluster(1, cores=2) as mgr:
+        wait_until(connected(mgr, 1))
+        small = mgr.submit(PythonTask(span, 0.6, resources={"cores": 1}))
+        wait_until(lambda: mgr.stats().tasks["running"] == 1)
+        big_task = PythonTask(span, 0.1, resources={"cores": 2})
+        big = mgr.submit(big_task)
+        s_end = small.result(timeout=30)[1]
+        b_start = big.result(timeout=30)[0]
+        assert b_start >= s_end
+        assert big_task.allocation == Resources(2, 2000, 2000, 0)
+
+
+def test_no_request_takes_whole_worker_and_sees_its_cores(cluster: ClusterFactory) -> None:
+    with cluster(1, cores=2) as mgr:
+        futs = [mgr.submit(PythonTask(span, 0.2)) for _ in range(3)]
+        spans = [f.result(timeout=30) for f in futs]
+        assert max_overlap([(s, e) for s, e, _ in spans]) == 1
+        env = mgr.submit(PythonTask(lambda: (os.environ["CORES"], os.environ["OMP_NUM_THREADS"])))
+        assert env.result(timeout=30) == ("2", "2")
+
+
+class Boom(Exception):
+    pass
+
+
+def deep_failure(x: int) -> None:
+    def inner() -> None:
+        raise Boom(f"bad input {x}")
+
+    inner()
+
+
+def test_user_exception_keeps_type_and_remote_traceback(cluster: ClusterFactory) -> None:
+    with cluster(1) as mgr:
+        fut = mgr.submit(PythonTask(deep_failure, 7))
+        with pytest.raises(Boom, match="bad input 7") as info:
+            fut.result(timeout=30)
+        cause = info.value.__cause__
+        assert isinstance(cause, packmule.RemoteTraceback)
+        assert "inner" in str(cause) and "deep_failure" in str(cause)
+        # the manager goes on
+        assert mgr.submit(PythonTask(pow, 2, 10)).result(timeout=30) == 1024
+
+
+def test_python_stdout_and_env_and_kwargs(cluster: ClusterFactory) -> None:
+    def talk(greeting: str, *, name: str) -> str:
+        print(f"{greeting}, {name}")
+        return os.environ["MY_SETTING"]
+
+    with cluster(1) as mgr:
+        task = PythonTask(talk, "hello", name="mule", env={"MY_SETTING": "on"})
+        assert mgr.submit(task).result(timeout=30) == "on"
+        assert task.stdout == "hello, mule\n"
+
+
+def test_shell_task_result(cluster: ClusterFactory) -> None:
+    with cluster(1) as mgr:
+        res = mgr.submit(Task("echo out; echo err >&2; echo $CORES; exit 3",
+                              resources={"cores": 1})).result(timeout=30)
+        assert res == packmule.CommandResult(3, "out\n1\n", "err\n")
+        assert not res.ok
+
+
+def test_files_in_and_out_and_cache(cluster: ClusterFactory, tmp_path: Path) -> None:
+    src = tmp_path / "in.txt"
+    src.write_text("abc")
+    ref = tmp_path / "ref.dat"
+    ref.write_bytes(b"reference" * 1000)
+
+    def shout(i: int) -> int:
+        data = Path("in.txt").read_text() + Path("ref.dat").read_text()[:9]
+        Path("out.txt").write_text(data.upper() + str(i))
+        return len(os.listdir("."))
+
+    with cluster(1) as mgr:
+        futs = []
+        for i in range(3):
+            futs.append(mgr.submit(PythonTask(
+                shout, i,
+                input_files=[File(str(src)), File(str(ref), cache=True)],
+                output_files=[File(str(tmp_path / f"out{i}.txt"), "out.txt")],
+                resources={"cores": 1},
+            )))
+        assert [f.result(timeout=30) for f in futs] == [3, 3, 3]
+        for i in range(3):
+            assert (tmp_path / f"out{i}.txt").read_text() == f"ABCREFERENCE{i}"
+        # three inline inputs plus the cached one sent once
+        assert mgr.stats().files_sent == 4
+
+        missing = mgr.submit(PythonTask(len, "x", output_files=[str(tmp_path / "nope")]))
+        with pytest.raises(packmule.FileTransferError, match="did not produce its output file"):
+            missing.result(timeout=30)
+        absent = mgr.submit(PythonTask(len, "x", input_files=[str(tmp_path / "absent")]))
+        with pytest.raises(packmule.FileTransferError, match="does not exist"):
+            absent.result(timeout=5)
+
+
+def test_wrong_password_worker_exits_clearly_and_manager_logs_once(
+    cluster: ClusterFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.ERROR, logger="packmule.manager")
+    with cluster(0) as mgr:
+        procs = [
+            start_worker(mgr, cores=1, memory=100, disk=100, stderr=subprocess.PIPE,
+                         env={"PACKMULE_PASSWORD": "not-the-password"})
+            for _ in range(2)
+        ]
+        for p in procs:
+            _, err = p.communicate(timeout=30)
+            assert p.returncode == 3
+            assert b"password differs from the manager's" in err
+        wait_until(lambda: any("wrong password" in r.getMessage() for r in caplog.records))
+        assert sum("wrong password" in r.getMessage() for r in caplog.records) == 1
+        assert mgr.stats().workers == 0
+        # and a correct worker still gets in
+        good = start_worker(mgr, cores=1, memory=100, disk=100)
+        try:
+            assert mgr.submit(PythonTask(abs, -3)).result(timeout=30) == 3
+        finally:
+            stop_worker(good)
+
+
+def test_worker_killed_mid_task_tasks_finish_elsewhere(cluster: ClusterFactory) -> None:
+    with cluster(2, cores=2) as mgr:
+        wait_until(connected(mgr, 2))
+        tasks = [PythonTask(span, 1.0, resources={"cores": 1}) for _ in range(4)]
+        futs = [mgr.submit(t) for t in tasks]
+        wait_until(lambda: mgr.stats().tasks["running"] == 4)
+        victim = mgr.worker_processes[0]  # type: ignore[attr-defined]
+        os.kill(victim.pid, signal.SIGKILL)
+        victim.wait()
+        spans = [f.result(timeout=60) for f in futs]
+        st = mgr.stats()
+        assert st.workers_lost == 1 and st.workers == 1
+        assert st.tasks_succeeded == 4 and st.tasks_failed == 0
+        assert sorted(t.attempts for t in tasks) == [1, 1, 2, 2]
+        assert len({pid for *_, pid in spans}) <= 4
+
+
+def test_silent_worker_loses_lease_and_late_result_is_discarded(
+    cluster: ClusterFactory, tmp_path: Path
+) -> None:
+    log = tmp_path / "attempts"
+
+    def once(path: str) -> str:
+        with open(path, "a") as f:
+            f.write(f"{os.getpid()}\n")
+        time.sleep(1.0)
+        return "done"
+
+    with cluster(1, cores=1) as mgr:
+        wait_until(connected(mgr, 1))
+        task = PythonTask(once, str(log))
+        fut = mgr.submit(task)
+        wait_until(lambda: log.exists())
+        frozen = mgr.worker_processes[0]  # type: ignore[attr-defined]
+        os.kill(frozen.pid, signal.SIGSTOP)
+        try:
+            wait_until(lambda: mgr.stats().workers_lost == 1, timeout=20)
+            helper = start_worker(mgr, cores=1, memory=2000, disk=2000)
+            try:
+                assert fut.result(timeout=30) == "done"
+            finally:
+                os.kill(frozen.pid, signal.SIGCONT)
+            wait_until(lambda: mgr.stats().workers >= 2, timeout=30)  # it came back
+            assert len(log.read_text().split()) == 2
+            st = mgr.stats()
+            assert st.tasks_succeeded == 1 and task.attempts == 2
+        finally:
+            os.kill(frozen.pid, signal.SIGCONT)
+            stop_worker(helper)
+
+
+def test_gpu_assignment_with_fake_gpus(cluster: ClusterFactory) -> None:
+    def visible() -> tuple[str, float, float]:
+        start = time.time()
+        time.sleep(0.4)
+        return os.environ["CUDA_VISIBLE_DEVICES"], start, time.time()
+
+    with cluster(1, cores=2, gpus=2) as mgr:
+        wait_until(connected(mgr, 1))
+        assert mgr.stats().total.gpus == 2
+        one = [mgr.submit(PythonTask(visible, resources={"gpus": 1, "cores": 1}))
+               for _ in range(2)]
+        got = [f.result(timeout=30) for f in one]
+        assert sorted(g for g, *_ in got) == ["0", "1"]
+        assert max_overlap([(s, e) for _, s, e in got]) == 2
+        both = PythonTask(visible, resources={"gpus": 2})
+        assert mgr.submit(both).result(timeout=30)[0] == "0,1"
+        assert both.gpu_ids == ["0", "1"]
+
+
+def test_unpicklable_call_fails_at_submit_and_manager_goes_on(cluster: ClusterFactory) -> None:
+    with cluster(1) as mgr:
+        fut = mgr.submit(PythonTask(len, threading.Lock()))
+        assert fut.done()
+        with pytest.raises(packmule.SerializationError, match="argument 0 \\(lock\\)"):
+            fut.result()
+        assert mgr.submit(PythonTask(len, "abc")).result(timeout=30) == 3
+
+
+def test_bad_resources_raise_at_construction() -> None:
+    with pytest.raises(packmule.InvalidResources, match="'cpu'"):
+        PythonTask(len, "x", resources={"cpu": 1})
+    with pytest.raises(ValueError, match="must not be negative"):
+        Task("true", resources={"memory": -5})
+
+
+def test_task_bigger_than_every_worker_waits_with_one_warning(
+    cluster: ClusterFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="packmule.manager")
+    with cluster(1, cores=2) as mgr:
+        wait_until(connected(mgr, 1))
+        huge = mgr.submit(PythonTask(len, "x", resources={"cores": 16}))
+        small = mgr.submit(PythonTask(len, "xy", resources={"cores": 1}))
+        assert small.result(timeout=30) == 2
+        msgs = wait_until(lambda: [r.getMessage() for r in caplog.records
+                                   if "largest connected worker" in r.getMessage()])
+        assert len(msgs) == 1
+        assert "Resources(cores=16)" in msgs[0] and "cores=2" in msgs[0]
+        assert not huge.done()
+        assert mgr.stats().tasks["waiting"] == 1
+
+
+def test_cancel_running_task_frees_the_worker(cluster: ClusterFactory) -> None:
+    with cluster(1, cores=1) as mgr:
+        slow = mgr.submit(PythonTask(time.sleep, 30))
+        wait_until(lambda: mgr.stats().tasks["running"] == 1)
+        assert slow.cancel()
+        with pytest.raises(CancelledError):
+            slow.result()
+        assert mgr.submit(PythonTask(len, "ok")).result(timeout=10) == 2
+
+
+def test_timeout_kills_the_task(cluster: ClusterFactory) -> None:
+    with cluster(1, cores=1) as mgr:
+        fut = mgr.submit(Task("sleep 30", timeout=0.5))
+        with pytest.raises(packmule.TaskTimeout, match=r"0\.5 s limit"):
+            fut.result(timeout=20)
+        assert mgr.submit(Task("echo after")).result(timeout=20).stdout == "after\n"
+
+
+def test_task_that_kills_its_process_is_reported_and_worker_survives(
+    cluster: ClusterFactory,
+) -> None:
+    with cluster(1, cores=1) as mgr:
+        fut = mgr.submit(PythonTask(os.kill, 0, signal.SIGKILL))  # 0: its own process group
+        with pytest.raises(packmule.TaskCrashed, match="SIGKILL"):
+            fut.result(timeout=30)
+        assert mgr.submit(PythonTask(len, "abc")).result(timeout=30) == 3
+        assert mgr.stats().workers == 1
+
+
+def test_retries_for_the_tasks_own_failures(cluster: ClusterFactory, tmp_path: Path) -> None:
+    marker = tmp_path / "tries"
+
+    def flaky(path: str) -> int:
+        with open(path, "a") as f:
+            f.write("x")
+        n = len(Path(path).read_text())
+        if n < 3:
+            raise RuntimeError(f"try {n}")
+        return n
+
+    with cluster(1) as mgr:
+        assert mgr.submit(PythonTask(flaky, str(marker), max_retries=2)).result(timeout=30) == 3
+
+
+def test_wait_and_as_completed(cluster: ClusterFactory) -> None:
+    with cluster(1) as mgr:
+        tasks = [PythonTask(pow, 2, i, resources={"cores": 1}) for i in range(5)]
+        for t in tasks:
+            mgr.submit(t)
+        seen = {t.id for t in mgr.as_completed(timeout=30)}
+        assert seen == {t.id for t in tasks}
+        assert mgr.wait(timeout=0.05) is None
+
+
+def test_version_mismatch_is_refused_with_clear_reason(cluster: ClusterFactory) -> None:
+    with cluster(1) as mgr:
+        keys = derive_keys(mgr._secret)
+        ctx = zmq.Context()
+        sock = ctx.socket(zmq.DEALER)
+        sock.curve_serverkey = keys.server_public
+        sock.curve_publickey = keys.client_public
+        sock.curve_secretkey = keys.client_secret
+        sock.connect(f"tcp://{mgr.address}")
+        try:
+            sock.send(m.encode(m.Hello(999, "9.9.9", "w", "elsewhere", 1,
+                                       {"cores": 1, "memory": 1, "disk": 1, "gpus": 0})))
+            assert sock.poll(10_000)
+            reply = m.decode(sock.recv())
+            assert isinstance(reply, m.Reject)
+            assert "protocol version mismatch" in reply.reason and "9.9.9" in reply.reason
+            # an authenticated peer sending garbage is dropped too
+            sock.send(b"\xc1garbage")
+        finally:
+            sock.close(0)
+            ctx.term()
+        assert mgr.submit(PythonTask(len, "ab")).result(timeout=30) == 2
+        assert mgr.stats().workers == 1
+
+
+def test_raw_garbage_connection_is_dropped_and_manager_keeps_serving(
+    cluster: ClusterFactory,
+) -> None:
+    with cluster(1) as mgr:
+        host, port = mgr.address.split(":")
+        for payload in (b"GET / HTTP/1.0\r\n\r\n", os.urandom(512), b""):
+            with socket.create_connection((host, int(port)), timeout=5) as s:
+                s.sendall(payload)
+        assert mgr.submit(PythonTask(len, "abc")).result(timeout=30) == 3
+
+
+def test_worker_exits_when_manager_shuts_down(cluster: ClusterFactory) -> None:
+    with cluster(1) as mgr:
+        wait_until(connected(mgr, 1))
+        proc = mgr.worker_processes[0]  # type: ignore[attr-defined]
+        pending = mgr.submit(PythonTask(time.sleep, 30))
+        wait_until(lambda: mgr.stats().tasks["running"] == 1)
+        mgr.shutdown()
+        assert proc.wait(timeout=20) == 0
+        with pytest.raises(packmule.TaskCancelled, match="before the manager shut down"):
+            pending.result(timeout=1)
+
+
+def test_port_in_use_is_a_clear_error() -> None:
+    with packmule.Manager() as first, pytest.raises(
+        OSError, match=f"cannot listen on .*:{first.port}"
+    ):
+        packmule.Manager(port=first.port)

@@ -1,0 +1,226 @@
+"""The pure core: task state machine, packing, requeues; no sockets, no clock."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+
+from packmule import Resources
+from packmule.core.scheduler import MAX_REQUEUES, ManagerState
+from packmule.core.states import InvalidTransition, TaskState, Verdict
+
+TWO = Resources(2, 2000, 2000, 0)
+
+
+def state_with_workers(*sizes: Resources) -> ManagerState:
+    s = ManagerState(validate=True)
+    for i, size in enumerate(sizes):
+        s.add_worker(f"w{i}", size, now=0)
+    return s
+
+
+def test_one_core_tasks_pack_two_per_two_core_worker() -> None:
+    s = state_with_workers(TWO, TWO)
+    for i in range(6):
+        s.submit(i, Resources(cores=1), now=0)
+    out = s.schedule(now=1)
+    assert len(out) == 4
+    assert sorted(a.worker for a in out) == ["w0", "w0", "w1", "w1"]
+    assert all(a.allocation == Resources(1, 1000, 1000, 0) for a in out)
+    assert s.counts()["waiting"] == 2
+    assert s.schedule(now=2) == []  # full
+
+
+def test_two_core_task_waits_for_a_whole_worker() -> None:
+    s = state_with_workers(TWO)
+    s.submit(1, Resources(cores=1), now=0)
+    (a,) = s.schedule(now=0)
+    s.submit(2, Resources(cores=2), now=0)
+    assert s.schedule(now=1) == []
+    assert s.complete(1, a.attempt, True, now=2) is Verdict.DONE
+    (b,) = s.schedule(now=3)
+    assert b.task_id == 2 and b.allocation == TWO
+
+
+def test_no_request_takes_the_whole_worker() -> None:
+    s = state_with_workers(TWO)
+    s.submit(1, Resources(), now=0)
+    s.submit(2, Resources(), now=0)
+    (a,) = s.schedule(now=0)
+    assert a.allocation == TWO
+
+
+def test_higher_priority_first_then_fifo() -> None:
+    s = state_with_workers(Resources(1, 100, 100, 0))
+    s.submit(1, Resources(cores=1), now=0, priority=0)
+    s.submit(2, Resources(cores=1), now=0, priority=5)
+    s.submit(3, Resources(cores=1), now=0, priority=5)
+    order = []
+    for t in range(3):
+        (a,) = s.schedule(now=t)
+        order.append(a.task_id)
+        s.complete(a.task_id, a.attempt, True, now=t)
+    assert order == [2, 3, 1]
+
+
+def test_unplaceable_task_noticed_once_and_does_not_block_others() -> None:
+    s = state_with_workers(TWO)
+    s.submit(1, Resources(cores=8), now=0)
+    s.submit(2, Resources(cores=1), now=0)
+    out = s.schedule(now=0)
+    assert [a.task_id for a in out] == [2]
+    assert [(n.task_id, n.largest) for n in s.notices] == [(1, TWO)]
+    s.notices.clear()
+    s.schedule(now=1)
+    assert s.notices == []
+    s.add_worker("big", Resources(8, 8000, 8000, 0), now=2)
+    (a,) = s.schedule(now=3)
+    assert (a.task_id, a.worker) == (1, "big")
+
+
+def test_lost_worker_requeues_without_using_retries_and_stale_result_is_discarded() -> None:
+    s = state_with_workers(TWO)
+    s.submit(1, Resources(cores=1), now=0, max_retries=0)
+    (a,) = s.schedule(now=0)
+    assert s.remove_worker("w0", now=1, why="killed") == [(1, Verdict.REQUEUED)]
+    assert s.tasks[1].state is TaskState.WAITING
+    s.add_worker("w1", TWO, now=2)
+    (b,) = s.schedule(now=2)
+    assert b.attempt == a.attempt + 1
+    assert s.complete(1, a.attempt, True, now=3) is Verdict.STALE  # late result from w0
+    assert s.complete(1, b.attempt, True, now=3) is Verdict.DONE
+
+
+def test_requeues_are_capped() -> None:
+    s = ManagerState(validate=True)
+    s.submit(1, Resources(cores=1), now=0)
+    verdicts = []
+    for i in range(MAX_REQUEUES + 1):
+        s.add_worker(f"w{i}", TWO, now=i)
+        s.schedule(now=i)
+        verdicts += [v for _, v in s.remove_worker(f"w{i}", now=i, why="crash")]
+    assert verdicts[-1] is Verdict.FAILED
+    assert verdicts[:-1] == [Verdict.REQUEUED] * MAX_REQUEUES
+
+
+def test_user_failure_uses_retries_then_fails() -> None:
+    s = state_with_workers(TWO)
+    s.submit(1, Resources(cores=1), now=0, max_retries=1)
+    (a,) = s.schedule(now=0)
+    assert s.complete(1, a.attempt, False, now=1) is Verdict.RETRY
+    (b,) = s.schedule(now=1)
+    assert s.complete(1, b.attempt, False, now=2) is Verdict.FAILED
+
+
+def test_forsaken_task_goes_back_without_using_retries() -> None:
+    s = state_with_workers(TWO)
+    s.submit(1, Resources(cores=1), now=0)
+    (a,) = s.schedule(now=0)
+    assert s.forsake(1, a.attempt, now=1, why="did not fit") is Verdict.REQUEUED
+    assert s.tasks[1].retries_left == 0 and s.tasks[1].state is TaskState.WAITING
+
+
+def test_cancel_running_returns_attempt_to_kill_and_frees_worker() -> None:
+    s = state_with_workers(TWO)
+    s.submit(1, Resources(cores=2), now=0)
+    (a,) = s.schedule(now=0)
+    assert s.cancel(1, now=1) == a
+    assert s.workers["w0"].committed == Resources(0, 0, 0, 0)
+    assert s.cancel(1, now=2) is None
+
+
+def test_invalid_transition_carries_history() -> None:
+    s = state_with_workers(TWO)
+    s.submit(1, Resources(cores=1), now=0)
+    t = s.tasks[1]
+    with pytest.raises(InvalidTransition, match=r"waiting -> waiting.*submitted"):
+        s._move(t, TaskState.WAITING, now=1, why="bogus")
+
+
+def test_duplicate_submit_rejected() -> None:
+    s = ManagerState()
+    s.submit(1, Resources(), now=0)
+    with pytest.raises(ValueError, match="already submitted"):
+        s.submit(1, Resources(), now=0)
+
+
+# ------------------------------------------------------------------ property test
+requests = st.builds(
+    Resources,
+    cores=st.none() | st.integers(0, 5),
+    memory=st.none() | st.integers(0, 5000),
+    disk=st.none() | st.integers(0, 5000),
+    gpus=st.none() | st.integers(0, 2),
+)
+sizes = st.builds(
+    Resources,
+    cores=st.integers(1, 4),
+    memory=st.integers(0, 4000),
+    disk=st.integers(0, 4000),
+    gpus=st.integers(0, 2),
+)
+
+
+class SchedulerMachine(RuleBasedStateMachine):
+    """Any stream of submissions, workers joining and leaving, and completions."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.s = ManagerState(validate=True)
+        self.now = 0.0
+        self.next_task = 0
+        self.next_worker = 0
+
+    def tick(self) -> float:
+        self.now += 1
+        return self.now
+
+    @rule(req=requests, priority=st.integers(-2, 2), retries=st.integers(0, 2))
+    def submit(self, req: Resources, priority: int, retries: int) -> None:
+        self.next_task += 1
+        self.s.submit(self.next_task, req, self.tick(), priority, retries)
+
+    @rule(size=sizes)
+    def add_worker(self, size: Resources) -> None:
+        self.next_worker += 1
+        self.s.add_worker(f"w{self.next_worker}", size, self.tick())
+
+    @precondition(lambda self: self.s.workers)
+    @rule(data=st.data())
+    def remove_worker(self, data: st.DataObject) -> None:
+        wid = data.draw(st.sampled_from(sorted(self.s.workers)))
+        self.s.remove_worker(wid, self.tick(), "test")
+
+    @rule()
+    def schedule(self) -> None:
+        for a in self.s.schedule(self.tick()):
+            t = self.s.tasks[a.task_id]
+            assert t.state is TaskState.RUNNING and t.worker == a.worker
+
+    @precondition(lambda self: any(t.state is TaskState.RUNNING for t in self.s.tasks.values()))
+    @rule(data=st.data(), ok=st.booleans(), stale=st.booleans())
+    def complete(self, data: st.DataObject, ok: bool, stale: bool) -> None:
+        running = sorted(t.id for t in self.s.tasks.values() if t.state is TaskState.RUNNING)
+        tid = data.draw(st.sampled_from(running))
+        attempt = self.s.tasks[tid].attempt - (1 if stale else 0)
+        v = self.s.complete(tid, attempt, ok, self.tick())
+        if stale:
+            assert v is Verdict.STALE
+
+    @precondition(lambda self: self.s.tasks)
+    @rule(data=st.data())
+    def cancel(self, data: st.DataObject) -> None:
+        self.s.cancel(data.draw(st.sampled_from(sorted(self.s.tasks))), self.tick())
+
+    @invariant()
+    def never_overcommitted(self) -> None:
+        for w in self.s.workers.values():
+            assert w.committed.fits_in(w.total)
+        self.s.check_invariants()
+
+
+SchedulerMachine.TestCase.settings = settings(max_examples=150, stateful_step_count=40,
+                                              deadline=None)
+test_scheduler_never_overcommits = SchedulerMachine.TestCase
