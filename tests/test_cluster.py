@@ -325,9 +325,16 @@ def test_wait_and_as_completed(cluster: ClusterFactory) -> None:
         tasks = [PythonTask(pow, 2, i, resources={"cores": 1}) for i in range(5)]
         for t in tasks:
             mgr.submit(t)
-        seen = {t.id for t in mgr.as_completed(timeout=30)}
-        assert seen == {t.id for t in tasks}
-        assert mgr.wait(timeout=0.05) is None
+        seen = [t.id for t in mgr.as_completed(timeout=30)]
+        assert sorted(seen) == sorted(t.id for t in tasks)
+        assert mgr.wait(timeout=10)
+        slow = PythonTask(time.sleep, 30)
+        mgr.submit(slow)
+        assert not mgr.wait(timeout=0.2)
+        with pytest.raises(TimeoutError):
+            list(mgr.as_completed([slow], timeout=0.2))
+        mgr.cancel(slow)
+        assert mgr.wait(timeout=10)
 
 
 def test_version_mismatch_is_refused_with_clear_reason(cluster: ClusterFactory) -> None:
@@ -383,3 +390,34 @@ def test_port_in_use_is_a_clear_error() -> None:
         OSError, match=f"cannot listen on .*:{first.port}"
     ):
         packmule.Manager(port=first.port)
+
+
+def test_worker_reconnects_to_a_restarted_manager(tmp_path: Path) -> None:
+    pw = tmp_path / "pw"
+    pw.write_text("shared secret\n")
+    first = packmule.Manager(password_file=pw, shutdown_workers=False, run_dir=tmp_path / "a")
+    port = first.port
+    worker = start_worker(first, cores=1, memory=100, disk=100,
+                          extra_args=["--workdir", str(tmp_path)])
+    try:
+        assert first.submit(PythonTask(len, "ab")).result(timeout=30) == 2
+        first.shutdown()
+        with packmule.Manager(port=port, password_file=pw, run_dir=tmp_path / "b") as second:
+            # the worker notices the closed connection and comes back after its backoff
+            assert second.submit(PythonTask(len, "abc")).result(timeout=30) == 3
+            assert second.stats().workers_joined == 1
+        assert worker.wait(timeout=20) == 0
+    finally:
+        stop_worker(worker)
+
+
+def test_single_shot_worker_exits_when_its_manager_goes(tmp_path: Path) -> None:
+    mgr = packmule.Manager(shutdown_workers=False, run_dir=tmp_path)
+    worker = start_worker(mgr, cores=1, memory=100, disk=100,
+                          extra_args=["--single-shot", "--workdir", str(tmp_path)])
+    try:
+        assert mgr.submit(PythonTask(len, "ab")).result(timeout=30) == 2
+        mgr.shutdown()
+        assert worker.wait(timeout=20) == 0
+    finally:
+        stop_worker(worker)

@@ -73,3 +73,54 @@ def test_password_file(tmp_path) -> None:  # type: ignore[no-untyped-def]
         read_password_file(p)
     with pytest.raises(AuthenticationError, match="cannot read password file"):
         read_password_file(tmp_path / "missing")
+
+
+def test_worker_forsakes_a_task_that_does_not_fit(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A manager (played here by a bare socket) over-commits; the real worker hands it back."""
+    import os
+    import subprocess
+    import sys
+
+    import zmq
+
+    secret = b"test-secret"
+    keys = derive_keys(secret)
+    ctx = zmq.Context()
+    router = ctx.socket(zmq.ROUTER)
+    router.curve_server = True
+    router.curve_secretkey = keys.server_secret
+    router.curve_publickey = keys.server_public
+    port = router.bind_to_random_port("tcp://127.0.0.1")
+    env = {**os.environ, "PACKMULE_PASSWORD": secret.decode()}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "packmule", "worker", f"127.0.0.1:{port}", "--cores", "1",
+         "--memory", "100", "--disk", "100", "--workdir", str(tmp_path)],
+        env=env, stderr=subprocess.DEVNULL,
+    )
+    try:
+        assert router.poll(20_000)
+        ident, data = router.recv_multipart()
+        hello = m.decode(data)
+        assert isinstance(hello, m.Hello)
+        assert hello.resources == {"cores": 1, "memory": 100, "disk": 100, "gpus": 0}
+        router.send_multipart([ident, m.encode(m.Welcome(m.PROTOCOL_VERSION, "x", 1.0, 10.0))])
+        spec = m.TaskSpec(1, 1, "shell", b"", "true", {"cores": 2, "memory": 10, "disk": 10,
+                                                       "gpus": 0}, {}, [], [], 0.0)
+        router.send_multipart([ident, m.encode(m.Dispatch([spec]))])
+        while True:
+            assert router.poll(20_000)
+            _, data = router.recv_multipart()
+            msg = m.decode(data)
+            if isinstance(msg, m.Results):
+                break
+        (res,) = msg.results
+        assert res.status is m.TaskStatus.FORSAKEN
+        assert "needs Resources(cores=2" in res.message
+        router.send_multipart([ident, m.encode(m.Exit("test over"))])
+        assert proc.wait(timeout=20) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        router.close(0)
+        ctx.term()

@@ -224,3 +224,37 @@ class SchedulerMachine(RuleBasedStateMachine):
 SchedulerMachine.TestCase.settings = settings(max_examples=150, stateful_step_count=40,
                                               deadline=None)
 test_scheduler_never_overcommits = SchedulerMachine.TestCase
+
+
+def test_higher_priority_wide_task_is_not_starved_by_lower_priority_narrow_ones() -> None:
+    s = state_with_workers(TWO)
+    s.submit(1, Resources(cores=1), now=0)
+    (first,) = s.schedule(now=0)
+    s.submit(2, Resources(cores=2), now=0, priority=10)
+    for i in range(3, 8):
+        s.submit(i, Resources(cores=1), now=0, priority=0)
+    assert s.schedule(now=1) == []  # the free core is held for task 2
+    s.complete(1, first.attempt, True, now=2)
+    (a,) = s.schedule(now=3)
+    assert a.task_id == 2
+
+
+def test_equal_priority_small_tasks_backfill() -> None:
+    s = state_with_workers(TWO)
+    s.submit(1, Resources(cores=1), now=0)
+    s.schedule(now=0)
+    s.submit(2, Resources(cores=2), now=0)
+    s.submit(3, Resources(cores=1), now=0)
+    assert [a.task_id for a in s.schedule(now=1)] == [3]
+
+
+def test_reservation_holds_one_worker_only() -> None:
+    s = state_with_workers(TWO, TWO)
+    s.submit(1, Resources(cores=1, memory=1500, disk=100), now=0)
+    s.submit(2, Resources(cores=1, memory=1500, disk=100), now=0)
+    assert sorted(a.worker for a in s.schedule(now=0)) == ["w0", "w1"]  # one core free on each
+    s.submit(3, Resources(cores=2), now=0, priority=5)  # waits, holds one of the two
+    s.submit(4, Resources(cores=1, memory=100), now=0)
+    s.submit(5, Resources(cores=1, memory=100), now=0)
+    out = s.schedule(now=1)
+    assert len(out) == 1 and out[0].task_id == 4

@@ -264,13 +264,32 @@ class ManagerState:
     def _fits_some_worker(self, t: TaskRecord) -> bool:
         return any(box(t.request, w.total) is not None for w in self.workers.values())
 
+    def _reserve(self, t: TaskRecord, reserved: dict[str, float]) -> None:
+        """Hold the worker closest to fitting ``t`` against lower-priority tasks."""
+        best: tuple[tuple[int, int], WorkerRecord] | None = None
+        for w in self.workers.values():
+            if w.id in reserved or box(t.request, w.total) is None:
+                continue
+            key = (-(w.free.cores or 0), -(w.free.memory or 0))
+            if best is None or key < best[0]:
+                best = (key, w)
+        if best is not None:
+            reserved[best[1].id] = t.priority
+
     def schedule(self, now: float) -> list[Assignment]:
-        """Assign waiting tasks to workers with room, highest priority first."""
+        """Assign waiting tasks to workers with room, highest priority first.
+
+        Tasks of equal priority backfill: a small task may start while a larger
+        one ahead of it waits for room. A task of *higher* priority that does
+        not fit yet reserves the worker closest to fitting it: tasks of lower
+        priority do not start there until it has started.
+        """
         out: list[Assignment] = []
         if not self.workers:
             return out
         open_workers = [w for w in self.workers.values() if w.has_room()]
         deferred: list[tuple[float, int, int]] = []
+        reserved: dict[str, float] = {}  # worker id -> priority it is held for
         scanned = 0
         while self._ready and open_workers and scanned < SCHEDULE_DEPTH:
             entry = heapq.heappop(self._ready)
@@ -278,10 +297,12 @@ class ManagerState:
             if t is None or t.state is not TaskState.WAITING or t.seq != entry[1]:
                 continue  # stale heap entry
             scanned += 1
-            placed = self._place(t, open_workers)
+            allowed = [w for w in open_workers if reserved.get(w.id, t.priority) <= t.priority]
+            placed = self._place(t, allowed)
             if placed is None:
                 if self._fits_some_worker(t):
                     deferred.append(entry)
+                    self._reserve(t, reserved)
                 else:
                     self._parked.append(t.id)
                     if not t.warned_unplaceable:

@@ -14,11 +14,11 @@ import errno
 import itertools
 import logging
 import os
-import queue
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from concurrent import futures
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -132,9 +132,9 @@ class Manager:
         self._conns: dict[str, WorkerConn] = {}
         self._ids = itertools.count(1)
         self._inbox: collections.deque[tuple[str, Any]] = collections.deque()
-        self._completed: queue.SimpleQueue[Task] = queue.SimpleQueue()
-        self._outstanding = 0
-        self._outstanding_lock = threading.Lock()
+        # Tasks submitted and not yet finished: what wait() and as_completed() look at.
+        self._unfinished: dict[int, Task] = {}
+        self._unfinished_cv = threading.Condition()
         self._counters = collections.Counter[str]()
         self._closed = False
         self._handshake_failures = 0
@@ -214,8 +214,8 @@ class Manager:
         except Exception as exc:
             fut.set_exception(exc)
             return fut
-        with self._outstanding_lock:
-            self._outstanding += 1
+        with self._unfinished_cv:
+            self._unfinished[task.id] = task
         fut.add_done_callback(self._on_future_done)
         self._post("submit", (task, payload))
         return fut
@@ -229,28 +229,24 @@ class Manager:
         fut = task.future if isinstance(task, Task) else task
         return fut.cancel() if fut is not None else False
 
-    def wait(self, timeout: float | None = None) -> Task | None:
-        """The next finished task not yet returned by wait(), or None after ``timeout`` s."""
-        try:
-            t = self._completed.get(timeout=timeout)
-        except queue.Empty:
-            return None
-        with self._outstanding_lock:
-            self._outstanding -= 1
-        return t
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until every task submitted so far has finished; False on timeout."""
+        with self._unfinished_cv:
+            return self._unfinished_cv.wait_for(lambda: not self._unfinished, timeout)
 
-    def as_completed(self, timeout: float | None = None) -> Iterator[Task]:
-        """Yield tasks as they finish, until every submitted task has been returned."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            with self._outstanding_lock:
-                if self._outstanding <= 0:
-                    return
-            left = None if deadline is None else max(0.0, deadline - time.monotonic())
-            t = self.wait(left)
-            if t is None:
-                raise TimeoutError(f"tasks still unfinished after {timeout} s")
-            yield t
+    def as_completed(
+        self, tasks: Iterable[Task] | None = None, timeout: float | None = None
+    ) -> Iterator[Task]:
+        """Yield tasks as they finish: ``tasks``, or every task unfinished right now.
+
+        Raises TimeoutError if some are still unfinished after ``timeout`` seconds.
+        """
+        if tasks is None:
+            with self._unfinished_cv:
+                tasks = list(self._unfinished.values())
+        by_future = {t.future: t for t in tasks if t.future is not None}
+        for fut in futures.as_completed(by_future, timeout=timeout):
+            yield by_future[fut]
 
     def stats(self) -> ManagerStats:
         """Workers, tasks by state, and committed vs total resources, right now."""
@@ -353,7 +349,7 @@ class Manager:
             if running is not None:
                 self._send(running.worker, m.Kill(running.task_id, running.attempt))
             if task is not None:
-                self._completed.put(task)
+                self._mark_finished(task)
         elif kind == "call":
             fn, fut = arg
             try:
@@ -606,7 +602,7 @@ class Manager:
         if not task.future.done():
             with contextlib.suppress(Exception):  # cancelled concurrently
                 task.future.set_result(value)
-        self._completed.put(task)
+        self._mark_finished(task)
 
     def _finish_error(self, tid: int, exc: BaseException) -> None:
         self._payloads.pop(tid, None)
@@ -620,7 +616,13 @@ class Manager:
         if not task.future.done():
             with contextlib.suppress(Exception):
                 task.future.set_exception(exc)
-        self._completed.put(task)
+        self._mark_finished(task)
+
+    def _mark_finished(self, task: Task) -> None:
+        with self._unfinished_cv:
+            self._unfinished.pop(task.id or 0, None)
+            if not self._unfinished:
+                self._unfinished_cv.notify_all()
 
     # ---------------------------------------------------------------- dispatch
     def _schedule(self, now: float) -> None:
@@ -704,8 +706,9 @@ class Manager:
 
     def _close_sockets(self) -> None:
         self._router.disable_monitor()
-        for s in (self._monitor, self._router, self._zap):
-            s.close(linger=100)
+        self._monitor.close(linger=0)
+        self._zap.close(linger=0)
+        self._router.close(linger=2000)  # let the Exit messages reach the workers
         self._ctx.term()
 
 

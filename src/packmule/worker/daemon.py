@@ -282,10 +282,10 @@ class Worker:
             now = time.monotonic()
             if self._sig.fileno() in events or self._sig in events:
                 self._drain_signal_pipe()
-            if self.monitor in events:
-                self._monitor_events()
             results: list[m.TaskResult] = []
-            if self.sock in events:
+            # Messages before monitor events: an Exit and the closed connection that
+            # follows it can arrive in the same poll, and the Exit must win.
+            if self.sock in events or self.monitor in events:
                 while True:
                     try:
                         data = self.sock.recv(zmq.NOBLOCK)
@@ -319,6 +319,8 @@ class Worker:
                         if run is not None:
                             self._drop(run, poller, by_fd)
                             run.runner.kill()
+            if self.monitor in events:
+                self._monitor_events()
             for fd, key in list(by_fd.items()):
                 if fd in events:
                     run = self.running[key]
