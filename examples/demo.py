@@ -14,9 +14,9 @@ processes of 2 cores, 4000 MB memory and 4000 MB disk each, and submits:
 * 2-core Python tasks that count primes;
 * small 1-core, 300 MB Python tasks that checksum some bytes.
 
-Higher priorities are placed first, but nothing is held back for a big task:
-while 1-core tasks keep a core busy, the 2-core tasks wait, so here they run
-last despite their priority.
+Higher priorities are placed first. A waiting 2-core task holds back a worker
+from tasks of lower priority, so the priority-2 prime counters run before the
+priority-0 checksums even though a free core would fit a checksum sooner.
 
 Every task reports, from the worker side, when it started and ended and its
 process id. The demo prints one line per task (sorted by start time; the id
