@@ -421,3 +421,29 @@ def test_single_shot_worker_exits_when_its_manager_goes(tmp_path: Path) -> None:
         assert worker.wait(timeout=20) == 0
     finally:
         stop_worker(worker)
+
+
+def test_tasks_cannot_read_the_secret(cluster: ClusterFactory) -> None:
+    with cluster(1) as mgr:
+        got = mgr.submit(PythonTask(os.environ.get, "PACKMULE_PASSWORD")).result(timeout=30)
+        assert got is None
+        shell = mgr.submit(Task("echo ${PACKMULE_PASSWORD:-unset}")).result(timeout=30)
+        assert shell.stdout == "unset\n"
+
+
+def test_function_the_worker_cannot_import_is_explained(
+    cluster: ClusterFactory, tmp_path: Path
+) -> None:
+    import importlib
+    import sys
+
+    (tmp_path / "only_here.py").write_text("def f():\n    return 1\n")
+    sys.path.insert(0, str(tmp_path))
+    try:  # imported here, but not on the path the workers will get
+        mod = importlib.import_module("only_here")
+    finally:
+        sys.path.remove(str(tmp_path))
+    with cluster(1) as mgr, pytest.raises(packmule.SerializationError,
+                                          match="importable where the worker runs"):
+        mgr.submit(PythonTask(mod.f)).result(timeout=30)
+    del sys.modules["only_here"]

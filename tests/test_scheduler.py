@@ -258,3 +258,13 @@ def test_reservation_holds_one_worker_only() -> None:
     s.submit(5, Resources(cores=1, memory=100), now=0)
     out = s.schedule(now=1)
     assert len(out) == 1 and out[0].task_id == 4
+
+
+def test_result_from_another_worker_is_stale() -> None:
+    s = state_with_workers(TWO, TWO)
+    s.submit(1, Resources(cores=1), now=0)
+    (a,) = s.schedule(now=0)
+    other = "w1" if a.worker == "w0" else "w0"
+    assert s.complete(1, a.attempt, True, now=1, worker=other) is Verdict.STALE
+    assert s.forsake(1, a.attempt, now=1, why="x", worker=other) is Verdict.STALE
+    assert s.complete(1, a.attempt, True, now=1, worker=a.worker) is Verdict.DONE

@@ -92,6 +92,7 @@ def worker_main(args: argparse.Namespace) -> int:
     except AuthenticationError as exc:
         print(f"packmule worker: {exc}", file=sys.stderr)
         return 3
+    os.environ.pop(PASSWORD_ENV, None)  # tasks inherit the environment: keep the secret out
     if secret is None:
         print(
             f"packmule worker: no secret given. Pass --password-file FILE (the manager's "

@@ -135,10 +135,25 @@ class ManagerState:
         self._enqueue(t)
         self._check()
 
-    def complete(self, task_id: int, attempt: int, success: bool, now: float) -> Verdict:
-        """An attempt ended: ``success`` false means the task itself failed."""
+    def _current(self, task_id: int, attempt: int, worker: str | None) -> TaskRecord | None:
+        """The task if ``attempt`` is its running attempt (on ``worker``, when given)."""
         t = self.tasks.get(task_id)
         if t is None or t.state is not TaskState.RUNNING or t.attempt != attempt:
+            return None
+        if worker is not None and t.worker != worker:
+            return None
+        return t
+
+    def complete(
+        self, task_id: int, attempt: int, success: bool, now: float, worker: str | None = None
+    ) -> Verdict:
+        """An attempt ended: ``success`` false means the task itself failed.
+
+        A result for any other than the current attempt (or from a worker other
+        than the one running it) is STALE and changes nothing.
+        """
+        t = self._current(task_id, attempt, worker)
+        if t is None:
             return Verdict.STALE
         self._release(t)
         if success:
@@ -155,10 +170,12 @@ class ManagerState:
         self._check()
         return verdict
 
-    def forsake(self, task_id: int, attempt: int, now: float, why: str) -> Verdict:
+    def forsake(
+        self, task_id: int, attempt: int, now: float, why: str, worker: str | None = None
+    ) -> Verdict:
         """The attempt ended through no fault of the task (worker could not run it)."""
-        t = self.tasks.get(task_id)
-        if t is None or t.state is not TaskState.RUNNING or t.attempt != attempt:
+        t = self._current(task_id, attempt, worker)
+        if t is None:
             return Verdict.STALE
         verdict = self._requeue(t, now, why)
         self._check()

@@ -527,11 +527,12 @@ class Manager:
     def _result(self, wid: str, r: m.TaskResult, now: float) -> None:
         S = m.TaskStatus
         if r.status is S.FORSAKEN:
-            verdict = self._core.forsake(r.task_id, r.attempt, now, r.message)
+            verdict = self._core.forsake(r.task_id, r.attempt, now, r.message, worker=wid)
             if verdict is Verdict.FAILED:
                 self._finish_error(r.task_id, WorkerLost(r.message, r.task_id))
             return
-        verdict = self._core.complete(r.task_id, r.attempt, r.status is S.SUCCESS, now)
+        verdict = self._core.complete(r.task_id, r.attempt, r.status is S.SUCCESS, now,
+                                      worker=wid)
         if verdict is Verdict.STALE:
             log.debug("discarded a stale result of task %d attempt %d", r.task_id, r.attempt)
             return

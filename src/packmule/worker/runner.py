@@ -24,6 +24,7 @@ from typing import Any
 
 import msgpack
 
+from ..errors import SerializationError
 from ..serialize import dumps_exception, dumps_result, loads
 
 #: Captured stdout/stderr beyond this many bytes is cut (the end is kept).
@@ -46,8 +47,17 @@ def run_python(payload: bytes) -> tuple[str, bytes]:
     """Call the pickled function; returns (status, pickled value or exception)."""
     try:
         fn, args, kwargs = loads(payload)
+    except Exception as exc:
+        problem = SerializationError(
+            f"the worker cannot unpickle the task's call: {type(exc).__name__}: {exc}. Whatever "
+            "defines the function and its arguments must be importable where the worker runs "
+            "(install it there, or put it on the worker's PYTHONPATH)."
+        )
+        problem.__cause__ = exc
+        return "exception", dumps_exception(problem)
+    try:
         value = fn(*args, **kwargs)
-    except BaseException as exc:
+    except BaseException as exc:  # SystemExit or KeyboardInterrupt in a task: not the runner's
         return "exception", dumps_exception(exc)
     try:
         return "success", dumps_result(value)
