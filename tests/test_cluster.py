@@ -447,3 +447,38 @@ def test_function_the_worker_cannot_import_is_explained(
                                           match="importable where the worker runs"):
         mgr.submit(PythonTask(mod.f)).result(timeout=30)
     del sys.modules["only_here"]
+
+
+class Unrebuildable(Exception):
+    def __init__(self, a: int, b: int) -> None:
+        super().__init__(f"{a}/{b}")
+
+
+def raise_unrebuildable() -> None:
+    raise Unrebuildable(1, 2)
+
+
+def test_exceptions_that_cannot_travel_become_remote_exceptions(cluster: ClusterFactory) -> None:
+    import sys
+
+    with cluster(1) as mgr:
+        with pytest.raises(packmule.RemoteException, match="Unrebuildable: 1/2") as info:
+            mgr.submit(PythonTask(raise_unrebuildable)).result(timeout=30)
+        assert "raise_unrebuildable" in str(info.value.__cause__)
+        # sys.exit in a task must not end the manager's program
+        with pytest.raises(packmule.RemoteException, match="SystemExit: 4"):
+            mgr.submit(PythonTask(sys.exit, 4)).result(timeout=30)
+
+
+def test_runners_are_reused_only_for_the_same_cores_and_gpus(cluster: ClusterFactory) -> None:
+    def pid_and_threads() -> tuple[int, str]:
+        return os.getpid(), os.environ["OMP_NUM_THREADS"]
+
+    with cluster(1, cores=2) as mgr:
+        one = [mgr.submit(PythonTask(pid_and_threads, resources={"cores": 1})).result(timeout=30)
+               for _ in range(3)]
+        two = mgr.submit(PythonTask(pid_and_threads, resources={"cores": 2})).result(timeout=30)
+        again = mgr.submit(PythonTask(pid_and_threads, resources={"cores": 1})).result(timeout=30)
+        assert {t for _, t in one} == {"1"} and two[1] == "2"
+        assert two[0] not in {p for p, _ in one}
+        assert again[0] in {p for p, _ in one}

@@ -57,8 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
             "node's cores, memory, disk and GPUs allow. Resources are detected (cgroup and "
             "CPU-affinity aware; GPUs from CUDA_VISIBLE_DEVICES or nvidia-smi) unless given. "
             f"The shared secret comes from --password-file or ${PASSWORD_ENV}, never the "
-            "command line. Exit codes: 0 done, 1 manager unreachable, 2 refused by the "
-            "manager, 3 wrong password."
+            "command line. Exit codes: 0 done, 1 manager unreachable, 2 bad command line, "
+            "3 wrong password, 4 refused by the manager."
         ),
     )
     w.add_argument("address", type=_address, metavar="HOST:PORT", help="the manager's address")
@@ -111,7 +111,7 @@ def worker_main(args: argparse.Namespace) -> int:
         )
     except InvalidResources as exc:
         print(f"packmule worker: {exc}", file=sys.stderr)
-        return 2
+        return 2  # a bad command line
     host, port = args.address
     logging.getLogger("packmule").info("worker offering %s to %s:%d", size, host, port)
     worker = Worker(

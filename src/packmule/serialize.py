@@ -62,6 +62,9 @@ def dumps_result(value: Any) -> bytes:
 def dumps_exception(exc: BaseException) -> bytes:
     """Pickle an exception with its formatted traceback; falls back to a stand-in."""
     tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    if not isinstance(exc, Exception):
+        # SystemExit or KeyboardInterrupt must not end the *manager's* program.
+        exc = RemoteException(type(exc).__qualname__, str(exc))
     try:
         data: bytes = cloudpickle.dumps((exc, tb), protocol=pickle.HIGHEST_PROTOCOL)
         pickle.loads(data)  # an exception that pickles but cannot be rebuilt is no use

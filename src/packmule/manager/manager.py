@@ -73,7 +73,11 @@ class WorkerConn:
 
 @dataclass(frozen=True)
 class ManagerStats:
-    """A snapshot of the manager: workers, tasks by state, committed vs total resources."""
+    """A snapshot of the manager.
+
+    ``tasks`` counts unfinished tasks by state (waiting, running); finished ones
+    are counted in ``tasks_succeeded``, ``tasks_failed`` and ``tasks_cancelled``.
+    """
 
     workers: int
     tasks: dict[str, int]
@@ -84,6 +88,7 @@ class ManagerStats:
     tasks_submitted: int
     tasks_succeeded: int
     tasks_failed: int
+    tasks_cancelled: int
     files_sent: int
 
 
@@ -245,8 +250,11 @@ class Manager:
             with self._unfinished_cv:
                 tasks = list(self._unfinished.values())
         by_future = {t.future: t for t in tasks if t.future is not None}
-        for fut in futures.as_completed(by_future, timeout=timeout):
-            yield by_future[fut]
+        try:
+            for fut in futures.as_completed(by_future, timeout=timeout):
+                yield by_future[fut]
+        except futures.TimeoutError:  # not the builtin TimeoutError before Python 3.11
+            raise TimeoutError(f"tasks still unfinished after {timeout} s") from None
 
     def stats(self) -> ManagerStats:
         """Workers, tasks by state, and committed vs total resources, right now."""
@@ -349,6 +357,7 @@ class Manager:
             if running is not None:
                 self._send(running.worker, m.Kill(running.task_id, running.attempt))
             if task is not None:
+                self._counters["tasks_cancelled"] += 1
                 self._mark_finished(task)
         elif kind == "call":
             fn, fut = arg
@@ -362,7 +371,7 @@ class Manager:
         c = self._counters
         return ManagerStats(
             workers=len(self._core.workers),
-            tasks=self._core.counts(),
+            tasks={k: v for k, v in self._core.counts().items() if k in ("waiting", "running")},
             committed=committed,
             total=total,
             workers_joined=c["workers_joined"],
@@ -370,6 +379,7 @@ class Manager:
             tasks_submitted=c["tasks_submitted"],
             tasks_succeeded=c["tasks_succeeded"],
             tasks_failed=c["tasks_failed"],
+            tasks_cancelled=c["tasks_cancelled"],
             files_sent=c["files_sent"],
         )
 
@@ -434,7 +444,10 @@ class Manager:
 
     def _hello(self, identity: bytes, wid: str, msg: m.Message, now: float) -> None:
         if not isinstance(msg, m.Hello):
-            log.warning("unknown worker %s sent %s before Hello; ignored", wid, type(msg).__name__)
+            # Most likely a worker this manager declared lost (silent past its lease)
+            # that woke up: its attempts were requeued, so make it start afresh.
+            log.info("worker %s is not connected (declared lost?); told it to reconnect", wid)
+            self._reject(identity, "this manager declared the worker lost; reconnect")
             return
         if msg.protocol != m.PROTOCOL_VERSION:
             reason = (
@@ -477,7 +490,7 @@ class Manager:
                 self._finish_error(
                     tid,
                     WorkerLost(
-                        f"task {tid} was on {MAX_REQUEUES} workers that were all lost (last: "
+                        f"task {tid} lost its worker {MAX_REQUEUES + 1} times (last: "
                         f"{conn.hostname}: {why}). The task may be killing its workers "
                         "(memory, segfault); check that it runs alone, or give it more resources.",
                         tid,
@@ -529,7 +542,9 @@ class Manager:
         if r.status is S.FORSAKEN:
             verdict = self._core.forsake(r.task_id, r.attempt, now, r.message, worker=wid)
             if verdict is Verdict.FAILED:
-                self._finish_error(r.task_id, WorkerLost(r.message, r.task_id))
+                self._finish_error(r.task_id, WorkerLost(
+                    f"task {r.task_id} was handed back by its workers {MAX_REQUEUES + 1} times "
+                    f"(last: {r.message}); check that its request fits the workers", r.task_id))
             return
         verdict = self._core.complete(r.task_id, r.attempt, r.status is S.SUCCESS, now,
                                       worker=wid)
@@ -569,7 +584,12 @@ class Manager:
                 raise FileTransferError(
                     f"task {task.id} did not produce output file {f.sandbox_name!r}", task.id
                 )
-            Path(f.local_path).write_bytes(data)
+            try:
+                Path(f.local_path).write_bytes(data)
+            except OSError as exc:
+                raise FileTransferError(
+                    f"cannot write output file {f.local_path} of task {task.id}: {exc}", task.id
+                ) from None
         if task.kind == "python":
             return loads(r.value)
         return CommandResult(r.exit_code, task.stdout, task.stderr)

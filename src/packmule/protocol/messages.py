@@ -184,6 +184,7 @@ class TaskResult:
     message: str  # what went wrong, for the non-user failures
     wall_time: float
     gpu_ids: list[str]
+    messages: list[bytes]  # monitoring messages the task left in $PACKMULE_RADIO_DIR
 
 
 # ---------------------------------------------------------------- worker -> manager

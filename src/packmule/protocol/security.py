@@ -86,6 +86,7 @@ def write_new_password_file(path: Path) -> bytes:
     secret = secrets.token_urlsafe(32).encode()
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, stat.S_IRUSR | stat.S_IWUSR)
+    os.fchmod(fd, stat.S_IRUSR | stat.S_IWUSR)  # also when the file already existed
     with os.fdopen(fd, "wb") as f:
         f.write(secret + b"\n")
     return secret

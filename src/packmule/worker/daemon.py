@@ -51,8 +51,9 @@ class ExitCode(enum.IntEnum):
 
     OK = 0  #: told to exit, idle timeout, signal, or single-shot session over
     UNREACHABLE = 1  #: no manager reachable within the connect timeout
-    REJECTED = 2  #: the manager refused this worker (version mismatch, bad size)
+    # 2 is argparse's code for a bad command line
     AUTH_FAILED = 3  #: the password does not match the manager's
+    REJECTED = 4  #: the manager refused this worker (version mismatch, bad size, bad message)
 
 
 class _SessionEnd(Exception):
@@ -69,11 +70,31 @@ class Runner:
     proc: subprocess.Popen[bytes]
     conn: Connection
     sandbox: Path
+    #: (CORES, CUDA_VISIBLE_DEVICES) of the first task it ran. Libraries read
+    #: these once (CUDA at initialisation, BLAS pools at import), so a runner
+    #: only takes tasks with the same settings afterwards.
+    settings: tuple[str, str] | None = None
 
     @property
     def io(self) -> tuple[str, str]:
         """Where the runner captures a task's stdout and stderr."""
         return f"{self.sandbox}.out", f"{self.sandbox}.err"
+
+    @property
+    def radio(self) -> Path:
+        """Where tasks may leave monitoring messages for the manager (``$PACKMULE_RADIO_DIR``)."""
+        return self.sandbox.with_name(self.sandbox.name + ".radio")
+
+    def take_messages(self) -> list[bytes]:
+        """The complete messages the last task left, removed from the radio directory."""
+        out = []
+        with os.scandir(self.radio) as entries:
+            for e in entries:
+                if e.name.endswith(".msg"):
+                    with open(e.path, "rb") as f:
+                        out.append(f.read())
+                os.unlink(e.path)
+        return out
 
     def clear_sandbox(self) -> None:
         """Empty the sandbox for the next task (cheaper than a new directory)."""
@@ -91,6 +112,7 @@ class Runner:
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.proc.wait(timeout=5)
         shutil.rmtree(self.sandbox, ignore_errors=True)
+        shutil.rmtree(self.radio, ignore_errors=True)
         for p in self.io:
             with contextlib.suppress(OSError):
                 os.unlink(p)
@@ -112,6 +134,7 @@ class Running:
 
 def _spawn_runner(sandbox: Path) -> Runner:
     sandbox.mkdir()
+    sandbox.with_name(sandbox.name + ".radio").mkdir()
     parent, child = socket.socketpair()
     proc = subprocess.Popen(
         [sys.executable, "-m", "packmule.worker.runner", str(child.fileno())],
@@ -292,7 +315,11 @@ class Worker:
                     except zmq.Again:
                         break
                     last_heard = now
-                    msg = m.decode(data)
+                    try:
+                        msg = m.decode(data)
+                    except ProtocolError as exc:
+                        log.error("the manager sent a message this worker cannot read: %s", exc)
+                        raise _SessionEnd(ExitCode.REJECTED, f"protocol error: {exc}") from None
                     if isinstance(msg, m.Welcome):
                         self.welcomed = True
                         heartbeat, lease = msg.heartbeat_interval, msg.lease
@@ -300,6 +327,8 @@ class Worker:
                                  self.host, self.port, msg.version)
                         self._warm_runners()
                     elif isinstance(msg, m.Reject):
+                        if self.welcomed:  # declared lost while silent: start afresh
+                            raise _SessionEnd(None, f"manager dropped this worker: {msg.reason}")
                         log.error("the manager refused this worker: %s", msg.reason)
                         raise _SessionEnd(ExitCode.REJECTED, msg.reason)
                     elif isinstance(msg, m.Exit):
@@ -374,6 +403,18 @@ class Worker:
         while len(self.idle) < want:
             self.idle.append(self._new_runner())
 
+    def _runner_for(self, settings: tuple[str, str]) -> Runner:
+        """An idle runner that ran tasks with these settings, else a fresh one."""
+        for pick in (lambda r: r.settings == settings, lambda r: r.settings is None):
+            for i, r in enumerate(self.idle):
+                if pick(r):
+                    del self.idle[i]
+                    r.settings = settings
+                    return r
+        runner = self._new_runner()
+        runner.settings = settings
+        return runner
+
     def _new_runner(self) -> Runner:
         self._runner_count += 1
         return _spawn_runner(self.workspace / f"r{self._runner_count}")
@@ -381,26 +422,32 @@ class Worker:
     def _result(self, run: Running, status: m.TaskStatus, message: str) -> m.TaskResult:
         return m.TaskResult(
             run.spec.task_id, run.spec.attempt, status, b"", -1, b"", b"", {}, message,
-            time.monotonic() - run.started, run.gpu_ids,
+            time.monotonic() - run.started, run.gpu_ids, [],
         )
 
     def _reply(self, spec: m.TaskSpec, status: m.TaskStatus, message: str) -> m.TaskResult:
         return m.TaskResult(spec.task_id, spec.attempt, status, b"", -1, b"", b"", {}, message,
-                            0.0, [])
+                            0.0, [], [])
 
     def _start(self, spec: m.TaskSpec, now: float) -> Running | m.TaskResult:
         try:
             alloc = Resources(**spec.allocation)
         except (TypeError, ValueError) as exc:
-            raise ProtocolError(f"bad allocation {spec.allocation!r}: {exc}") from None
+            log.error("the manager sent a bad allocation %r: %s", spec.allocation, exc)
+            raise _SessionEnd(ExitCode.REJECTED, f"bad allocation: {exc}") from None
         if not alloc.fits_in(self.free):
             return self._reply(
                 spec, m.TaskStatus.FORSAKEN,
                 f"worker {self.hostname} has {self.free} free, the task needs {alloc}",
             )
-        runner = self.idle.pop() if self.idle else self._new_runner()
+        cores = str(max(1, alloc.cores or 0))
+        gpus = [self.free_gpus.pop(0) for _ in range(alloc.gpus or 0)]
+        runner = self._runner_for((cores, ",".join(gpus)))
         sandbox = runner.sandbox
         try:
+            for name in spec.outputs:
+                if "/" in name:
+                    (sandbox / name).parent.mkdir(parents=True, exist_ok=True)
             for f in spec.inputs:
                 dest = sandbox / f.remote_name
                 dest.parent.mkdir(parents=True, exist_ok=True)
@@ -414,10 +461,9 @@ class Worker:
                     dest.write_bytes(f.data)
         except OSError as exc:
             self._recycle(runner)
+            self.free_gpus = [g for g in self.gpu_ids if g in self.free_gpus or g in gpus]
             return self._reply(spec, m.TaskStatus.SETUP_ERROR, f"cannot prepare sandbox: {exc}")
-        gpus = [self.free_gpus.pop(0) for _ in range(alloc.gpus or 0)]
         self.free = self.free - alloc
-        cores = str(max(1, alloc.cores or 0))
         env = {
             **spec.env,
             "CORES": cores, "OMP_NUM_THREADS": cores, "OPENBLAS_NUM_THREADS": cores,
@@ -426,6 +472,7 @@ class Worker:
             "MEMORY": str(alloc.memory), "DISK": str(alloc.disk), "GPUS": str(alloc.gpus),
             "CUDA_VISIBLE_DEVICES": ",".join(gpus),
             "TMPDIR": str(sandbox), "PACKMULE_SANDBOX": str(sandbox),
+            "PACKMULE_RADIO_DIR": str(runner.radio),
         }
         io = runner.io
         run = Running(spec, runner, alloc, gpus, now,
@@ -453,10 +500,9 @@ class Worker:
         except OSError:
             runner.kill()
             return
-        if len(self.idle) < MAX_IDLE_RUNNERS:
-            self.idle.append(runner)
-        else:
-            runner.kill()
+        self.idle.append(runner)
+        if len(self.idle) > MAX_IDLE_RUNNERS:
+            self.idle.pop(0).kill()  # the least recently used
 
     def _collect(self, run: Running) -> m.TaskResult:
         """Read a runner's reply and build the task's result."""
@@ -483,9 +529,10 @@ class Worker:
                     status = m.TaskStatus.OUTPUT_MISSING
                     message = f"the task did not produce its output file {name!r}"
                     break
+        messages = run.runner.take_messages()
         self._recycle(run.runner)
         return m.TaskResult(
             run.spec.task_id, run.spec.attempt, status, reply["value"], reply["exit_code"],
             reply["stdout"], reply["stderr"], outputs if status is m.TaskStatus.SUCCESS else {},
-            message, reply["wall_time"], run.gpu_ids,
+            message, reply["wall_time"], run.gpu_ids, messages,
         )
