@@ -141,7 +141,7 @@ def test_files_in_and_out_and_cache(cluster: ClusterFactory, tmp_path: Path) -> 
         assert mgr.stats().files_sent == 4
 
         missing = mgr.submit(PythonTask(len, "x", output_files=[str(tmp_path / "nope")]))
-        with pytest.raises(packmule.FileTransferError, match="did not produce its output file"):
+        with pytest.raises(packmule.FileTransferError, match="did not produce output file"):
             missing.result(timeout=30)
         absent = mgr.submit(PythonTask(len, "x", input_files=[str(tmp_path / "absent")]))
         with pytest.raises(packmule.FileTransferError, match="does not exist"):

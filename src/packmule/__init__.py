@@ -27,6 +27,16 @@ from .manager import Manager, ManagerStats
 from .resources import Resources
 from .task import CommandResult, File, PythonTask, Task
 
+
+def __getattr__(name: str) -> object:
+    # The Parsl executor imports Parsl: load it only when asked for.
+    if name == "WorkQueueExecutor":
+        from .parsl import WorkQueueExecutor
+
+        return WorkQueueExecutor
+    raise AttributeError(f"module 'packmule' has no attribute {name!r}")
+
+
 __all__ = [
     "AuthenticationError",
     "CommandResult",
@@ -49,6 +59,7 @@ __all__ = [
     "TaskError",
     "TaskTimeout",
     "VersionMismatch",
+    "WorkQueueExecutor",
     "WorkerLost",
     "__version__",
 ]

@@ -19,12 +19,14 @@ class File:
     ``remote_name`` is its name inside the sandbox (default: the base name).
     An input with ``cache=True`` is kept on each worker after its first use
     and not sent again while the local file's size and modification time
-    stay the same.
+    stay the same. An output with ``optional=True`` may be absent: the task
+    does not fail for want of it.
     """
 
     local_path: str
     remote_name: str | None = None
     cache: bool = False
+    optional: bool = False
 
     @property
     def sandbox_name(self) -> str:
@@ -63,7 +65,8 @@ class Task:
     filled in proportionally; none at all takes a whole worker). Higher
     ``priority`` runs first. ``max_retries`` is how many more times the task
     is tried after it fails by itself (non-zero exit is not a failure for a
-    shell task; a timeout or a crash is); worker losses never use it up.
+    shell task; a timeout or a crash is; None: no limit); worker losses
+    never use it up.
     ``timeout`` is a wall-time limit in seconds.
     """
 
@@ -76,7 +79,7 @@ class Task:
         resources: Resources | Mapping[str, Any] | None = None,
         category: str | None = None,
         priority: float = 0,
-        max_retries: int = 0,
+        max_retries: int | None = 0,
         env: Mapping[str, str] | None = None,
         input_files: Iterable[File | str] = (),
         output_files: Iterable[File | str] = (),
@@ -95,7 +98,7 @@ class Task:
         resources: Resources | Mapping[str, Any] | None,
         category: str | None,
         priority: float,
-        max_retries: int,
+        max_retries: int | None,
         env: Mapping[str, str] | None,
         input_files: Iterable[File | str],
         output_files: Iterable[File | str],
@@ -107,8 +110,12 @@ class Task:
         if isinstance(priority, bool) or not isinstance(priority, (int, float)):
             raise ValueError(f"priority must be a number, got {priority!r}")
         self.priority = float(priority)
-        if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
-            raise ValueError(f"max_retries must be a whole number >= 0, got {max_retries!r}")
+        if max_retries is not None and (
+            isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0
+        ):
+            raise ValueError(
+                f"max_retries must be a whole number >= 0 or None (no limit), got {max_retries!r}"
+            )
         self.max_retries = max_retries
         self.env = {str(k): str(v) for k, v in (env or {}).items()}
         self.input_files = _coerce_files(input_files)
@@ -161,7 +168,7 @@ class PythonTask(Task):
         resources: Resources | Mapping[str, Any] | None = None,
         category: str | None = None,
         priority: float = 0,
-        max_retries: int = 0,
+        max_retries: int | None = 0,
         env: Mapping[str, str] | None = None,
         input_files: Iterable[File | str] = (),
         output_files: Iterable[File | str] = (),

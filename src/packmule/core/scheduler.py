@@ -36,7 +36,7 @@ class TaskRecord:
     request: Resources
     priority: float
     seq: int
-    retries_left: int
+    retries_left: int | None  # None: unlimited
     state: TaskState = TaskState.WAITING
     attempt: int = 0
     worker: str | None = None
@@ -124,7 +124,7 @@ class ManagerState:
         request: Resources,
         now: float,
         priority: float = 0.0,
-        max_retries: int = 0,
+        max_retries: int | None = 0,
     ) -> None:
         """A new task joins the queue."""
         if task_id in self.tasks:
@@ -159,8 +159,9 @@ class ManagerState:
         if success:
             self._move(t, TaskState.DONE, now, "succeeded")
             verdict = Verdict.DONE
-        elif t.retries_left > 0:
-            t.retries_left -= 1
+        elif t.retries_left is None or t.retries_left > 0:
+            if t.retries_left is not None:
+                t.retries_left -= 1
             self._move(t, TaskState.WAITING, now, f"failed, retrying ({t.retries_left} left)")
             self._enqueue(t)
             verdict = Verdict.RETRY

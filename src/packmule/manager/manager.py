@@ -100,6 +100,8 @@ class Manager:
     is written to ``<run_dir>/password`` (mode 0600) for workers to use
     (:attr:`password_file`). ``host`` is the interface to listen on:
     loopback by default, ``"0.0.0.0"`` to accept workers on other machines.
+    ``message_sink`` receives the monitoring messages tasks leave in
+    ``$PACKMULE_RADIO_DIR`` (the Parsl executor's monitoring radio).
     """
 
     def __init__(
@@ -113,6 +115,7 @@ class Manager:
         lease: float = LEASE,
         shutdown_workers: bool = True,
         validate: bool = False,
+        message_sink: Callable[[list[bytes]], None] | None = None,
     ) -> None:
         if heartbeat_interval <= 0 or lease < 2 * heartbeat_interval:
             raise ValueError(
@@ -130,6 +133,9 @@ class Manager:
         self.heartbeat_interval = heartbeat_interval
         self.lease = lease
         self.shutdown_workers = shutdown_workers
+        self.message_sink = message_sink
+        #: Element-wise largest connected worker (updated as workers come and go).
+        self.largest_worker: Resources = Resources(0, 0, 0, 0)
         self._core = ManagerState(validate=validate)
         self._tasks: dict[int, Task] = {}
         self._payloads: dict[int, bytes] = {}
@@ -469,6 +475,7 @@ class Manager:
             return
         self._conns[wid] = WorkerConn(identity, msg.hostname, msg.pid, size)
         self._core.add_worker(wid, size, now)
+        self.largest_worker = self._core.largest_worker()
         self._counters["workers_joined"] += 1
         log.info("worker %s joined from %s (pid %d) with %s", wid, msg.hostname, msg.pid, size)
         self._send(
@@ -481,8 +488,10 @@ class Manager:
             return
         self._counters["workers_lost"] += 1
         outcomes = self._core.remove_worker(wid, now, why)
-        log.warning(
-            "worker %s (%s pid %d) lost: %s; %d task(s) back in the queue",
+        self.largest_worker = self._core.largest_worker()
+        log.log(
+            logging.WARNING if outcomes else logging.INFO,
+            "worker %s (%s pid %d) gone: %s; %d task(s) back in the queue",
             wid, conn.hostname, conn.pid, why, len(outcomes),
         )
         for tid, verdict in outcomes:
@@ -551,6 +560,11 @@ class Manager:
         if verdict is Verdict.STALE:
             log.debug("discarded a stale result of task %d attempt %d", r.task_id, r.attempt)
             return
+        if r.messages and self.message_sink is not None:
+            try:
+                self.message_sink(r.messages)
+            except Exception:
+                log.exception("delivering task %d's monitoring messages failed", r.task_id)
         task = self._tasks.get(r.task_id)
         if task is None:
             return
@@ -580,6 +594,8 @@ class Manager:
     def _success_value(self, task: Task, r: m.TaskResult) -> Any:
         for f in task.output_files:
             data = r.outputs.get(f.sandbox_name)
+            if data is None and f.optional:
+                continue
             if data is None:
                 raise FileTransferError(
                     f"task {task.id} did not produce output file {f.sandbox_name!r}", task.id
@@ -607,7 +623,7 @@ class Manager:
             )
         if r.status is S.CRASHED:
             return TaskCrashed(f"task {tid}: {r.message}", tid)
-        if r.status in (S.SETUP_ERROR, S.OUTPUT_MISSING):
+        if r.status is S.SETUP_ERROR:
             return FileTransferError(f"task {tid}: {r.message}", tid)
         return TaskError(f"task {tid} failed: {r.message}", tid)
 

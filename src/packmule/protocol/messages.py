@@ -34,7 +34,6 @@ class TaskStatus(str, enum.Enum):
     CRASHED = "crashed"  #: the process running the task died
     FORSAKEN = "forsaken"  #: the worker could not run it (did not fit); not the task's fault
     SETUP_ERROR = "setup_error"  #: the sandbox or an input file could not be prepared
-    OUTPUT_MISSING = "output_missing"  #: the task ran but a declared output file is absent
 
 
 class Message:
