@@ -18,6 +18,13 @@ def test_demo_runs_every_task() -> None:
     assert "Most tasks running at once: 4 overall" in res.stdout
 
 
+def test_parsl_demo_behaves_as_described() -> None:
+    res = subprocess.run([sys.executable, str(ROOT / "examples" / "parsl_demo.py")],
+                         capture_output=True, text=True, timeout=180, check=False)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "at most 2 ran at once" in res.stdout
+
+
 def test_throughput_benchmark_prints_json() -> None:
     res = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "throughput.py"), "--quick"],
                          capture_output=True, text=True, timeout=300, check=False)
