@@ -395,8 +395,7 @@ def setup_workqueue(root: Path, python: str | None) -> WorkQueueSetup:
     # The packages' own libraries (none are needed by this build, but a later
     # build may ship some) come before the system's.
     lib_dirs = [str(d) for d in (root / "usr" / "lib" / "x86_64-linux-gnu",
-                                 root / "lib" / "x86_64-linux-gnu", root / "usr" / "lib")
-                if d.is_dir()]
+                                 root / "lib" / "x86_64-linux-gnu") if d.is_dir()]
     env = dict(os.environ)
     env["LD_LIBRARY_PATH"] = os.pathsep.join(
         lib_dirs + [p for p in env.get("LD_LIBRARY_PATH", "").split(os.pathsep) if p])
