@@ -23,7 +23,8 @@ def sample_spec() -> m.TaskSpec:
                 {"cores": 2, "memory": 1, "disk": 1, "gpus": 0}),
         m.Dispatch([sample_spec(), sample_spec()]),
         m.Results([m.TaskResult(3, 1, m.TaskStatus.EXCEPTION, b"x", -1, b"o", b"e",
-                                {"out": b"1"}, "", 0.5, ["0"], [b"msg"])]),
+                                {"out": b"1"}, "", 0.5, ["0"], [b"msg"], {"memory": 1.5},
+                                ["memory"])]),
         m.Welcome(m.PROTOCOL_VERSION, "0.1.0", 5.0, 30.0),
         m.ManagerHeartbeat(),
         m.Kill(3, 1),
@@ -35,7 +36,7 @@ def test_round_trip(msg: m.Message) -> None:
 
 def test_enum_and_nested_types_are_restored() -> None:
     res = m.decode(m.encode(m.Results([m.TaskResult(1, 1, m.TaskStatus.TIMEOUT, b"", 0, b"", b"",
-                                                    {}, "t", 0.0, [], [])])))
+                                                    {}, "t", 0.0, [], [], {}, [])])))
     assert isinstance(res, m.Results)
     assert res.results[0].status is m.TaskStatus.TIMEOUT
     d = m.decode(m.encode(m.Dispatch([sample_spec()])))

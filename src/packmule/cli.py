@@ -77,6 +77,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="exit after this many seconds without a task (default: 900)")
     w.add_argument("--connect-timeout", type=_seconds, metavar="S", default=900.0,
                    help="give up after this many seconds without reaching a manager (default: 900)")
+    w.add_argument("--enforce", choices=("auto", "cgroup", "poll"), default="auto",
+                   help="how task memory limits are enforced: a cgroup v1 memory limit per "
+                        "runner (exact, immediate), or polling the task's process tree; "
+                        "auto: cgroups where writable (default: auto)")
     w.add_argument("--single-shot", action="store_true",
                    help="exit when the first manager session ends instead of reconnecting")
     w.add_argument("--debug", action="store_true", help="log every step")
@@ -114,11 +118,15 @@ def worker_main(args: argparse.Namespace) -> int:
         return 2  # a bad command line
     host, port = args.address
     logging.getLogger("packmule").info("worker offering %s to %s:%d", size, host, port)
-    worker = Worker(
-        host, port, secret=secret, resources=size, gpu_ids=gpu_ids, workdir=workdir,
-        idle_timeout=args.idle_timeout, connect_timeout=args.connect_timeout,
-        single_shot=args.single_shot,
-    )
+    try:
+        worker = Worker(
+            host, port, secret=secret, resources=size, gpu_ids=gpu_ids, workdir=workdir,
+            idle_timeout=args.idle_timeout, connect_timeout=args.connect_timeout,
+            single_shot=args.single_shot, enforce=args.enforce,
+        )
+    except (ValueError, RuntimeError) as exc:
+        print(f"packmule worker: {exc}", file=sys.stderr)
+        return 2
     return worker.run()
 
 

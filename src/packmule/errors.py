@@ -45,7 +45,19 @@ class TaskCrashed(TaskError):
 
 
 class ResourceExhausted(TaskError):
-    """The task used more of a resource than it was allocated."""
+    """The task used more of a resource than its explicit limit allowed."""
+
+    def __init__(
+        self, message: str, task_id: int | None = None, resource: str = "",
+        measured: float = 0.0, limit: float = 0.0,
+    ) -> None:
+        super().__init__(message, task_id)
+        self.resource = resource
+        self.measured = measured
+        self.limit = limit
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), (str(self), self.task_id, self.resource, self.measured, self.limit))
 
 
 class FileTransferError(TaskError):

@@ -136,6 +136,9 @@ class Task:
         self.stdout = ""
         self.stderr = ""
         self.wall_time = 0.0
+        #: What the worker measured of the last attempt: memory and disk (MB, peak),
+        #: cores (peak) and cores_avg, wall_time and cpu_time (s), bytes_read/written.
+        self.measured: dict[str, float] = {}
         self.submit_time = 0.0
         self.start_time = 0.0
         self.finish_time = 0.0

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -42,6 +43,10 @@ class TaskRecord:
     worker: str | None = None
     allocation: Resources | None = None
     requeues: int = 0
+    #: After exhausting a resource it was not given explicitly, the task runs
+    #: again with this request (the largest worker's worth of that resource),
+    #: ahead of the other waiting tasks.
+    retry_request: Resources | None = None
     warned_unplaceable: bool = False
     history: list[str] = field(default_factory=list)
 
@@ -106,7 +111,8 @@ class ManagerState:
         t.state = to
 
     def _enqueue(self, t: TaskRecord) -> None:
-        heapq.heappush(self._ready, (-t.priority, t.seq, t.id))
+        first = -math.inf if t.retry_request is not None else -t.priority
+        heapq.heappush(self._ready, (first, t.seq, t.id))
 
     def _release(self, t: TaskRecord) -> None:
         """Give back the task's allocation on its worker."""
@@ -192,14 +198,35 @@ class ManagerState:
         self._enqueue(t)
         return Verdict.REQUEUED
 
-    def fail_waiting(self, task_id: int, now: float, why: str) -> bool:
-        """A waiting task fails without running (e.g. its input cannot be read)."""
-        t = self.tasks.get(task_id)
-        if t is None or t.state is not TaskState.WAITING:
-            return False
-        self._move(t, TaskState.DONE, now, why)
+    def exhausted(
+        self, task_id: int, attempt: int, exceeded: list[str], now: float,
+        worker: str | None = None,
+    ) -> Verdict:
+        """The attempt was killed for using more of ``exceeded`` than it was allocated.
+
+        A resource the task gave explicitly is a hard limit: the task FAILS.
+        Otherwise it is REQUEUED, ahead of the others, with the largest
+        worker's worth of what it exceeded; exceeding that too FAILS it.
+        """
+        t = self._current(task_id, attempt, worker)
+        if t is None:
+            return Verdict.STALE
+        self._release(t)
+        explicit = [r for r in exceeded if getattr(t.request, r) is not None]
+        if explicit or t.retry_request is not None:
+            self._move(t, TaskState.DONE, now, f"exceeded {', '.join(exceeded)}")
+            verdict = Verdict.FAILED
+        else:
+            largest = self.largest_worker()
+            fields = t.request.as_dict()
+            for r in exceeded:
+                fields[r] = getattr(largest, r)
+            t.retry_request = Resources(**fields)
+            self._move(t, TaskState.WAITING, now, f"exceeded {', '.join(exceeded)}; retry at max")
+            self._enqueue(t)
+            verdict = Verdict.RETRY
         self._check()
-        return True
+        return verdict
 
     def cancel(self, task_id: int, now: float) -> Assignment | None:
         """Cancel a task; returns the running attempt to kill, if any."""
@@ -269,8 +296,9 @@ class ManagerState:
     ) -> tuple[WorkerRecord, Resources] | None:
         """Best fit: the worker left with the fewest free cores (then memory) after placing."""
         choice: tuple[tuple[int, int], WorkerRecord, Resources] | None = None
+        request = t.retry_request or t.request
         for w in workers:
-            b = box(t.request, w.total)
+            b = box(request, w.total)
             if b is None or not b.fits_in(w.free):
                 continue
             left = w.free - b
@@ -280,13 +308,14 @@ class ManagerState:
         return None if choice is None else (choice[1], choice[2])
 
     def _fits_some_worker(self, t: TaskRecord) -> bool:
-        return any(box(t.request, w.total) is not None for w in self.workers.values())
+        request = t.retry_request or t.request
+        return any(box(request, w.total) is not None for w in self.workers.values())
 
     def _reserve(self, t: TaskRecord, reserved: dict[str, float]) -> None:
         """Hold the worker closest to fitting ``t`` against lower-priority tasks."""
         best: tuple[tuple[int, int], WorkerRecord] | None = None
         for w in self.workers.values():
-            if w.id in reserved or box(t.request, w.total) is None:
+            if w.id in reserved or box(t.retry_request or t.request, w.total) is None:
                 continue
             key = (-(w.free.cores or 0), -(w.free.memory or 0))
             if best is None or key < best[0]:

@@ -34,6 +34,7 @@ from ..errors import (
     FileTransferError,
     PackmuleError,
     ProtocolError,
+    ResourceExhausted,
     TaskCancelled,
     TaskCrashed,
     TaskError,
@@ -555,8 +556,11 @@ class Manager:
                     f"task {r.task_id} was handed back by its workers {MAX_REQUEUES + 1} times "
                     f"(last: {r.message}); check that its request fits the workers", r.task_id))
             return
-        verdict = self._core.complete(r.task_id, r.attempt, r.status is S.SUCCESS, now,
-                                      worker=wid)
+        if r.status is S.EXHAUSTED:
+            verdict = self._core.exhausted(r.task_id, r.attempt, r.exceeded, now, worker=wid)
+        else:
+            verdict = self._core.complete(r.task_id, r.attempt, r.status is S.SUCCESS, now,
+                                          worker=wid)
         if verdict is Verdict.STALE:
             log.debug("discarded a stale result of task %d attempt %d", r.task_id, r.attempt)
             return
@@ -577,6 +581,7 @@ class Manager:
         task.stdout = r.stdout.decode("utf-8", "replace")
         task.stderr = r.stderr.decode("utf-8", "replace")
         task.wall_time = r.wall_time
+        task.measured = dict(r.measured)
         if verdict is Verdict.RETRY:
             log.info("task %d attempt %d failed (%s); retrying",
                      r.task_id, r.attempt, r.status.value)
@@ -623,6 +628,20 @@ class Manager:
             )
         if r.status is S.CRASHED:
             return TaskCrashed(f"task {tid}: {r.message}", tid)
+        if r.status is S.EXHAUSTED:
+            resource = r.exceeded[0] if r.exceeded else "memory"
+            limit = float(getattr(task.allocation, resource, 0) or 0)
+            measured = r.measured.get(resource, 0.0)
+            explicit = getattr(task.resources, resource) is not None
+            advice = (f"ask for more (resources={{'{resource}': ...}}), or leave {resource} "
+                      "out to let packmule size it" if explicit else
+                      "it needs more than the largest worker has")
+            return ResourceExhausted(
+                f"task {tid} needed more {resource} than its "
+                f"{'explicit limit' if explicit else 'allocation'} of {limit:.0f} MB and was "
+                f"killed (attempt {r.attempt}, {measured:.0f} MB when stopped); {advice}",
+                tid, resource, measured, limit,
+            )
         if r.status is S.SETUP_ERROR:
             return FileTransferError(f"task {tid}: {r.message}", tid)
         return TaskError(f"task {tid} failed: {r.message}", tid)

@@ -32,6 +32,7 @@ class TaskStatus(str, enum.Enum):
     EXCEPTION = "exception"  #: the user's function raised; ``value`` holds the pickled exception
     TIMEOUT = "timeout"  #: killed after its wall-time limit
     CRASHED = "crashed"  #: the process running the task died
+    EXHAUSTED = "exhausted"  #: killed for using more memory or disk than allocated
     FORSAKEN = "forsaken"  #: the worker could not run it (did not fit); not the task's fault
     SETUP_ERROR = "setup_error"  #: the sandbox or an input file could not be prepared
 
@@ -184,6 +185,8 @@ class TaskResult:
     wall_time: float
     gpu_ids: list[str]
     messages: list[bytes]  # monitoring messages the task left in $PACKMULE_RADIO_DIR
+    measured: dict[str, float]  # see worker/monitor.py: memory, disk (MB), cores, wall_time...
+    exceeded: list[str]  # EXHAUSTED: the resources that went over their allocation
 
 
 # ---------------------------------------------------------------- worker -> manager

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import msgpack
+import psutil
 import zmq
 
 from .._version import __version__
@@ -33,6 +34,7 @@ from ..errors import ProtocolError
 from ..protocol import messages as m
 from ..protocol.security import derive_keys
 from ..resources import Resources
+from .monitor import DISK_INTERVAL, MB, CgroupRoot, MemoryCgroup, TreeSampler, tree_size
 
 log = logging.getLogger("packmule.worker")
 
@@ -42,8 +44,19 @@ MAX_BACKOFF = 60.0
 #: Default idle timeout and connect timeout (seconds), as Work Queue's.
 IDLE_TIMEOUT = 900.0
 CONNECT_TIMEOUT = 900.0
+#: How memory limits are enforced: "auto" uses cgroups where writable, else polling.
+ENFORCEMENT = ("auto", "cgroup", "poll")
 #: Runners kept warm when idle, at most.
 MAX_IDLE_RUNNERS = 8
+#: A runner whose resident set stays above this after a task is replaced
+#: (what a task allocated and kept, e.g. big imports or caches, would
+#: otherwise count against the next tasks' memory).
+RUNNER_RSS_LIMIT = 512 * MB
+
+
+def _over(resource: str, used: int, limit: int) -> str:
+    return (f"{resource}: used {used / MB:.0f} MB, more than the {limit / MB:.0f} MB "
+            "allocated")
 
 
 class ExitCode(enum.IntEnum):
@@ -70,6 +83,8 @@ class Runner:
     proc: subprocess.Popen[bytes]
     conn: Connection
     sandbox: Path
+    #: Its memory cgroup, where the worker can make one (the limit is set per task).
+    cgroup: MemoryCgroup | None = None
     #: (CORES, CUDA_VISIBLE_DEVICES) of the first task it ran. Libraries read
     #: these once (CUDA at initialisation, BLAS pools at import), so a runner
     #: only takes tasks with the same settings afterwards.
@@ -116,23 +131,50 @@ class Runner:
         for p in self.io:
             with contextlib.suppress(OSError):
                 os.unlink(p)
+        if self.cgroup is not None:
+            self.cgroup.remove()
 
 
 @dataclass
 class Running:
+    """A task on a runner, with what is being measured and enforced."""
+
     spec: m.TaskSpec
     runner: Runner
     alloc: Resources
     gpu_ids: list[str]
     started: float
     deadline: float | None
+    sampler: TreeSampler
+    baseline: int  # the runner's resident set before the task (bytes), not the task's
+    oom_kills: int  # the runner cgroup's OOM-kill count before the task
+    next_disk: float
+    peak_disk: int = 0
+    fd: int = -1  # the runner connection's descriptor, registered with the poller
 
     @property
     def sandbox(self) -> Path:
         return self.runner.sandbox
 
+    @property
+    def memory_limit(self) -> int:
+        """Bytes the task may add to its runner (0: no limit)."""
+        return (self.alloc.memory or 0) * MB
 
-def _spawn_runner(sandbox: Path) -> Runner:
+    @property
+    def disk_limit(self) -> int:
+        return (self.alloc.disk or 0) * MB
+
+    def wake_at(self) -> float:
+        times = [self.sampler.next_at]
+        if self.deadline is not None:
+            times.append(self.deadline)
+        if self.disk_limit:
+            times.append(self.next_disk)
+        return min(times)
+
+
+def _spawn_runner(sandbox: Path, cgroups: CgroupRoot | None) -> Runner:
     sandbox.mkdir()
     sandbox.with_name(sandbox.name + ".radio").mkdir()
     parent, child = socket.socketpair()
@@ -143,7 +185,12 @@ def _spawn_runner(sandbox: Path) -> Runner:
         stdin=subprocess.DEVNULL,
     )
     child.close()
-    return Runner(proc, Connection(parent.detach()), sandbox)
+    runner = Runner(proc, Connection(parent.detach()), sandbox)
+    if cgroups is not None:
+        runner.cgroup = cgroups.new_group()
+        if runner.cgroup is not None:
+            runner.cgroup.add(proc.pid)
+    return runner
 
 
 class Worker:
@@ -161,6 +208,7 @@ class Worker:
         idle_timeout: float = IDLE_TIMEOUT,
         connect_timeout: float = CONNECT_TIMEOUT,
         single_shot: bool = False,
+        enforce: str = "auto",
     ) -> None:
         if not resources.is_complete:
             raise ValueError(f"worker size must be complete, got {resources}")
@@ -174,6 +222,15 @@ class Worker:
         self.hostname = socket.gethostname()
         self.workspace = workdir / f"worker-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self._stop_reason: str | None = None
+        if enforce not in ENFORCEMENT:
+            raise ValueError(f"enforce must be one of {', '.join(ENFORCEMENT)}, got {enforce!r}")
+        self.cgroups = None if enforce == "poll" else CgroupRoot.create(self.workspace.name)
+        if enforce == "cgroup" and self.cgroups is None:
+            raise RuntimeError(
+                "--enforce cgroup: no writable cgroup v1 memory controller here "
+                "(/sys/fs/cgroup/memory); use --enforce poll, or run the worker where it can "
+                "create cgroups (e.g. as root)"
+            )
 
     # ------------------------------------------------------------ process level
     def run(self) -> int:
@@ -212,6 +269,8 @@ class Worker:
             sig_r.close()
             sig_w.close()
             shutil.rmtree(self.workspace, ignore_errors=True)
+            if self.cgroups is not None:
+                self.cgroups.remove()
 
     def _on_signal(self, signum: int, frame: Any) -> None:
         self._stop_reason = f"received {signal.Signals(signum).name}"
@@ -297,8 +356,8 @@ class Worker:
             if not self.welcomed:
                 wake = connect_deadline
             else:
-                deadlines = [r.deadline for r in self.running.values() if r.deadline is not None]
-                wake = min([last_beat + heartbeat, last_heard + lease, *deadlines])
+                watch = [r.wake_at() for r in self.running.values()]
+                wake = min([last_beat + heartbeat, last_heard + lease, *watch])
                 if not self.running:
                     wake = min(wake, last_busy + self.idle_timeout)
             events = dict(poller.poll(max(0, int((wake - now) * 1000)) + 1))
@@ -339,8 +398,8 @@ class Worker:
                             if isinstance(r, m.TaskResult):
                                 results.append(r)
                             else:
-                                by_fd[r.runner.conn.fileno()] = (spec.task_id, spec.attempt)
-                                poller.register(r.runner.conn.fileno(), zmq.POLLIN)
+                                by_fd[r.fd] = (spec.task_id, spec.attempt)
+                                poller.register(r.fd, zmq.POLLIN)
                     elif isinstance(msg, m.PutFile):
                         (self.workspace / "cache" / msg.cache_name).write_bytes(msg.data)
                     elif isinstance(msg, m.Kill):
@@ -356,11 +415,11 @@ class Worker:
                     self._drop(run, poller, by_fd)
                     results.append(self._collect(run))
             for run in list(self.running.values()):
-                if run.deadline is not None and now >= run.deadline:
-                    self._drop(run, poller, by_fd)
-                    run.runner.kill()
-                    results.append(self._result(run, m.TaskStatus.TIMEOUT,
-                                                f"killed after {run.spec.timeout:g} s"))
+                if now >= run.wake_at():
+                    ended = self._watch(run, now)
+                    if ended is not None:
+                        self._drop(run, poller, by_fd)
+                        results.append(ended)
             if results:
                 self._send(m.Results(results))
             if self.running:
@@ -417,17 +476,62 @@ class Worker:
 
     def _new_runner(self) -> Runner:
         self._runner_count += 1
-        return _spawn_runner(self.workspace / f"r{self._runner_count}")
+        return _spawn_runner(self.workspace / f"r{self._runner_count}", self.cgroups)
 
-    def _result(self, run: Running, status: m.TaskStatus, message: str) -> m.TaskResult:
+    def _result(self, run: Running, status: m.TaskStatus, message: str,
+                measured: dict[str, float] | None = None,
+                exceeded: list[str] | None = None) -> m.TaskResult:
+        wall = time.monotonic() - run.started
         return m.TaskResult(
             run.spec.task_id, run.spec.attempt, status, b"", -1, b"", b"", {}, message,
-            time.monotonic() - run.started, run.gpu_ids, [],
+            wall, run.gpu_ids, [], measured or self._measured(run, wall), exceeded or [],
         )
 
     def _reply(self, spec: m.TaskSpec, status: m.TaskStatus, message: str) -> m.TaskResult:
         return m.TaskResult(spec.task_id, spec.attempt, status, b"", -1, b"", b"", {}, message,
-                            0.0, [], [])
+                            0.0, [], [], {}, [])
+
+    def _measured(self, run: Running, wall: float, reply: dict[str, Any] | None = None,
+                  cgroup_peak: int = 0) -> dict[str, float]:
+        """The task's measurements: the best of the kernel's figures and the samples."""
+        reply = reply or {}
+        memory = max(int(reply.get("peak_rss", 0)), run.sampler.peak_rss - run.baseline,
+                     cgroup_peak - run.baseline, 0)
+        cpu = float(reply.get("cpu_time", 0.0))
+        run.peak_disk = max(run.peak_disk, tree_size(run.sandbox))
+        return {
+            "memory": memory / MB,
+            "disk": run.peak_disk / MB,
+            "cores": max(run.sampler.peak_cores, cpu / wall if wall > 0 else 0.0),
+            "cores_avg": cpu / wall if wall > 0 else 0.0,
+            "wall_time": wall,
+            "cpu_time": cpu,
+            "bytes_read": float(reply.get("bytes_read", 0)),
+            "bytes_written": float(reply.get("bytes_written", 0)),
+        }
+
+    def _watch(self, run: Running, now: float) -> m.TaskResult | None:
+        """Enforce the task's wall time, memory (without a cgroup) and disk."""
+        if run.deadline is not None and now >= run.deadline:
+            run.runner.kill()
+            return self._result(run, m.TaskStatus.TIMEOUT, f"killed after {run.spec.timeout:g} s")
+        if now >= run.sampler.next_at:
+            used = run.sampler.sample(now) - run.baseline
+            if run.memory_limit and run.runner.cgroup is None and used > run.memory_limit:
+                measured = self._measured(run, now - run.started)
+                run.runner.kill()
+                return self._result(run, m.TaskStatus.EXHAUSTED, _over("memory", used,
+                                    run.memory_limit), measured, ["memory"])
+        if run.disk_limit and now >= run.next_disk:
+            run.next_disk = now + DISK_INTERVAL
+            used = tree_size(run.sandbox)
+            run.peak_disk = max(run.peak_disk, used)
+            if used > run.disk_limit:
+                measured = self._measured(run, now - run.started)
+                run.runner.kill()
+                return self._result(run, m.TaskStatus.EXHAUSTED,
+                                    _over("disk", used, run.disk_limit), measured, ["disk"])
+        return None
 
     def _start(self, spec: m.TaskSpec, now: float) -> Running | m.TaskResult:
         try:
@@ -464,6 +568,15 @@ class Worker:
             self.free_gpus = [g for g in self.gpu_ids if g in self.free_gpus or g in gpus]
             return self._reply(spec, m.TaskStatus.SETUP_ERROR, f"cannot prepare sandbox: {exc}")
         self.free = self.free - alloc
+        baseline, oom_kills = 0, 0
+        if alloc.memory:
+            with contextlib.suppress(psutil.Error):
+                baseline = psutil.Process(runner.proc.pid).memory_info().rss
+            if runner.cgroup is not None:
+                runner.cgroup.set_limit(-(-baseline // MB) + alloc.memory)
+                oom_kills = runner.cgroup.oom_kills()
+        elif runner.cgroup is not None:
+            runner.cgroup.set_limit(None)
         env = {
             **spec.env,
             "CORES": cores, "OMP_NUM_THREADS": cores, "OPENBLAS_NUM_THREADS": cores,
@@ -476,7 +589,9 @@ class Worker:
         }
         io = runner.io
         run = Running(spec, runner, alloc, gpus, now,
-                      now + spec.timeout if spec.timeout > 0 else None)
+                      now + spec.timeout if spec.timeout > 0 else None,
+                      TreeSampler(runner.proc.pid, now), baseline, oom_kills,
+                      now + DISK_INTERVAL, fd=runner.conn.fileno())
         req = {"kind": spec.kind, "payload": spec.payload, "command": spec.command,
                "sandbox": str(sandbox), "env": env, "stdout": io[0], "stderr": io[1]}
         runner.conn.send_bytes(msgpack.packb(req, use_bin_type=True))
@@ -485,11 +600,9 @@ class Worker:
 
     def _drop(self, run: Running, poller: zmq.Poller, by_fd: dict[int, tuple[int, int]]) -> None:
         """Forget a running task and give back its resources."""
-        key = (run.spec.task_id, run.spec.attempt)
-        self.running.pop(key, None)
-        fd = run.runner.conn.fileno() if not run.runner.conn.closed else None
-        if fd is not None and by_fd.pop(fd, None) is not None:
-            poller.unregister(fd)
+        self.running.pop((run.spec.task_id, run.spec.attempt), None)
+        if by_fd.pop(run.fd, None) is not None:
+            poller.unregister(run.fd)
         self.free = self.free + run.alloc
         self.free_gpus = [g for g in self.gpu_ids if g in self.free_gpus or g in run.gpu_ids]
 
@@ -504,12 +617,27 @@ class Worker:
         if len(self.idle) > MAX_IDLE_RUNNERS:
             self.idle.pop(0).kill()  # the least recently used
 
+    def _oom_killed(self, run: Running) -> tuple[bool, int]:
+        """(whether the cgroup's OOM killer struck during the task, the cgroup's peak)."""
+        cg = run.runner.cgroup
+        if cg is None or not run.memory_limit:
+            return False, 0
+        try:
+            return cg.oom_kills() > run.oom_kills, cg.peak()
+        except OSError:
+            return False, 0
+
     def _collect(self, run: Running) -> m.TaskResult:
         """Read a runner's reply and build the task's result."""
         try:
             reply = msgpack.unpackb(run.runner.conn.recv_bytes(), raw=False)
         except (EOFError, OSError):
+            oom, peak = self._oom_killed(run)
+            wall = time.monotonic() - run.started
+            measured = self._measured(run, wall, cgroup_peak=peak)
             run.runner.kill()
+            if oom:
+                return self._oom_result(run, measured)
             code = run.runner.proc.returncode
             how = (f"signal {signal.Signals(-code).name}" if code is not None and code < 0
                    else f"exit code {code}")
@@ -519,15 +647,32 @@ class Worker:
                 "out of memory or crashed in native code.",
             )
         status = m.TaskStatus(reply["status"])
+        oom, peak = self._oom_killed(run)
+        measured = self._measured(run, reply["wall_time"], reply, cgroup_peak=peak if oom else 0)
+        if oom:  # a shell task's child was killed; the runner lives on
+            self._recycle(run.runner)
+            return self._oom_result(run, measured)
         outputs: dict[str, bytes] = {}
         if status is m.TaskStatus.SUCCESS:
             for name in run.spec.outputs:  # the manager judges what is missing
                 with contextlib.suppress(OSError):
                     outputs[name] = (run.sandbox / name).read_bytes()
         messages = run.runner.take_messages()
-        self._recycle(run.runner)
+        if reply.get("rss_after", 0) > RUNNER_RSS_LIMIT:
+            run.runner.kill()  # it kept what its tasks allocated: start afresh
+        else:
+            self._recycle(run.runner)
         return m.TaskResult(
             run.spec.task_id, run.spec.attempt, status, reply["value"], reply["exit_code"],
             reply["stdout"], reply["stderr"], outputs, "", reply["wall_time"], run.gpu_ids,
-            messages,
+            messages, measured, [],
+        )
+
+    def _oom_result(self, run: Running, measured: dict[str, float]) -> m.TaskResult:
+        """The cgroup stopped the task at its limit: it used at least that much."""
+        measured["memory"] = max(measured["memory"], run.memory_limit / MB)
+        return self._result(
+            run, m.TaskStatus.EXHAUSTED,
+            f"memory: reached the {run.memory_limit / MB:.0f} MB allocated and was killed",
+            measured, ["memory"],
         )

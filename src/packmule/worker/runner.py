@@ -13,6 +13,7 @@ manager: this is the only place where task calls are unpickled.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -65,20 +66,65 @@ def run_python(payload: bytes) -> tuple[str, bytes]:
         return "exception", dumps_exception(exc)
 
 
+def _reset_peak_rss() -> None:
+    """Make VmHWM start again from the current resident set (Linux)."""
+    with contextlib.suppress(OSError), open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+
+
+def _rss() -> tuple[int, int]:
+    """This process's (resident set, peak resident set since the last reset), in bytes."""
+    rss = hwm = 0
+    with contextlib.suppress(OSError), open("/proc/self/status", "rb") as f:
+        for line in f:
+            if line.startswith(b"VmHWM:"):
+                hwm = int(line.split()[1]) * 1024
+            elif line.startswith(b"VmRSS:"):
+                rss = int(line.split()[1]) * 1024
+    return rss, hwm
+
+
+def _io() -> tuple[int, int]:
+    """Bytes this process (and its waited-for children) read and wrote, all sources."""
+    read = written = 0
+    with contextlib.suppress(OSError), open("/proc/self/io", "rb") as f:
+        for line in f:
+            key, _, value = line.partition(b":")
+            if key == b"rchar":
+                read = int(value)
+            elif key == b"wchar":
+                written = int(value)
+    return read, written
+
+
+def run_shell(command: str, sandbox: str, env: dict[str, str], out_path: str,
+              err_path: str) -> tuple[int, int, float]:
+    """Run a command; returns (exit code, child's peak RSS in bytes, child CPU seconds)."""
+    with open(out_path, "wb") as out, open(err_path, "wb") as err:
+        proc = subprocess.Popen(
+            ["/bin/sh", "-c", command], cwd=sandbox, env={**os.environ, **env},
+            stdin=subprocess.DEVNULL, stdout=out, stderr=err,
+        )
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return proc.returncode, usage.ru_maxrss * 1024, usage.ru_utime + usage.ru_stime
+
+
 def execute(req: dict[str, Any]) -> dict[str, Any]:
-    """Run one task as described by the worker's request."""
+    """Run one task as described by the worker's request, and measure it."""
     sandbox, env = req["sandbox"], req["env"]
     out_path, err_path = req["stdout"], req["stderr"]
+    _reset_peak_rss()
+    baseline = _rss()[0]
+    io_before = _io()
+    cpu_before = time.process_time()
     start = time.perf_counter()
     exit_code = 0
+    child_rss, child_cpu = 0, 0.0
     if req["kind"] == "shell":
-        with open(out_path, "wb") as out, open(err_path, "wb") as err:
-            proc = subprocess.run(
-                ["/bin/sh", "-c", req["command"]],
-                cwd=sandbox, env={**os.environ, **env},
-                stdin=subprocess.DEVNULL, stdout=out, stderr=err, check=False,
-            )
-        status, value, exit_code = "success", b"", proc.returncode
+        exit_code, child_rss, child_cpu = run_shell(req["command"], sandbox, env, out_path,
+                                                    err_path)
+        status, value = "success", b""
     else:
         saved_env = {k: os.environ.get(k) for k in env}
         os.environ.update(env)
@@ -111,13 +157,24 @@ def execute(req: dict[str, Any]) -> dict[str, Any]:
                     os.environ.pop(k, None)
                 else:
                     os.environ[k] = v
+    wall = time.perf_counter() - start
+    io_after = _io()
+    rss_after, hwm = _rss()
+    # A Python task's memory is what it added to the warm interpreter; a shell
+    # task's is its child's own peak (the runner only waits for it).
+    task_peak = child_rss if req["kind"] == "shell" else max(0, hwm - baseline)
     return {
         "status": status,
         "value": value,
         "exit_code": exit_code,
         "stdout": _read_capped(out_path),
         "stderr": _read_capped(err_path),
-        "wall_time": time.perf_counter() - start,
+        "wall_time": wall,
+        "peak_rss": task_peak,
+        "rss_after": rss_after,
+        "cpu_time": time.process_time() - cpu_before + child_cpu,
+        "bytes_read": io_after[0] - io_before[0],
+        "bytes_written": io_after[1] - io_before[1],
     }
 
 

@@ -1,0 +1,163 @@
+"""Measuring a task's process tree, and enforcing its memory limit.
+
+Two sources are combined, because each misses something:
+
+* **Kernel figures at exit** (exact, including short spikes): the runner's
+  own peak resident set (``VmHWM``, reset with ``/proc/self/clear_refs`` at
+  task start), a shell child's ``ru_maxrss`` from ``wait4``, and, where the
+  worker can create memory cgroups (v1), the cgroup's
+  ``memory.max_usage_in_bytes``, which covers the whole tree.
+* **Sampling** of the whole tree (``psutil``), summing the resident sets of
+  the runner and all its descendants, and the CPU time over each interval
+  for peak cores. The schedule is fast at first and backs off: samples at
+  10 ms, 20 ms, 40 ms ... doubling up to one per second, then every second
+  (:data:`FIRST_SAMPLE`, :data:`MAX_SAMPLE_INTERVAL`), so short tasks cost
+  nothing and long ones little.
+
+A memory limit is enforced by the cgroup when there is one (the kernel kills
+the task the moment it goes over), else by the sampler (checked at every
+sample). The sandbox's disk use is measured every :data:`DISK_INTERVAL` s
+and at the end.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+
+import psutil
+
+MB = 1 << 20
+FIRST_SAMPLE = 0.01
+MAX_SAMPLE_INTERVAL = 1.0
+DISK_INTERVAL = 2.0
+
+
+class TreeSampler:
+    """Peak memory and cores of a process and its descendants, sampled."""
+
+    def __init__(self, pid: int, now: float) -> None:
+        self.pid = pid
+        self.start = now
+        self.interval = FIRST_SAMPLE
+        self.next_at = now + FIRST_SAMPLE
+        self.peak_rss = 0
+        self.peak_cores = 0.0
+        self._last: tuple[float, float] | None = None  # (time, cpu seconds)
+        try:
+            self._root: psutil.Process | None = psutil.Process(pid)
+        except psutil.Error:
+            self._root = None
+
+    def sample(self, now: float) -> int:
+        """Take one sample; returns the tree's resident set in bytes."""
+        self.next_at = now + self.interval
+        self.interval = min(MAX_SAMPLE_INTERVAL, self.interval * 2)
+        if self._root is None:
+            return 0
+        rss, cpu = 0, 0.0
+        try:
+            procs = [self._root, *self._root.children(recursive=True)]
+        except psutil.Error:
+            return 0
+        for p in procs:
+            with contextlib.suppress(psutil.Error), p.oneshot():
+                rss += p.memory_info().rss
+                t = p.cpu_times()
+                cpu += t.user + t.system + t.children_user + t.children_system
+        self.peak_rss = max(self.peak_rss, rss)
+        if self._last is not None and now > self._last[0]:
+            self.peak_cores = max(self.peak_cores, (cpu - self._last[1]) / (now - self._last[0]))
+        self._last = (now, cpu)
+        return rss
+
+
+def tree_size(path: Path) -> int:
+    """Bytes used by the files under ``path``."""
+    total = 0
+    stack = [str(path)]
+    while stack:
+        with contextlib.suppress(OSError), os.scandir(stack.pop()) as entries:
+            for e in entries:
+                with contextlib.suppress(OSError):
+                    if e.is_dir(follow_symlinks=False):
+                        stack.append(e.path)
+                    else:
+                        total += e.stat(follow_symlinks=False).st_blocks * 512
+    return total
+
+
+class MemoryCgroup:
+    """One runner's cgroup (v1 memory controller): limit, exact peak, OOM kills."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def _write(self, name: str, value: str) -> None:
+        (self.path / name).write_text(value)
+
+    def _read(self, name: str) -> str:
+        return (self.path / name).read_text()
+
+    def add(self, pid: int) -> None:
+        self._write("cgroup.procs", str(pid))
+
+    def set_limit(self, mb: int | None) -> None:
+        """Limit the group to ``mb`` MB (None: no limit); resets the peak."""
+        self._write("memory.limit_in_bytes", "-1" if not mb else str(mb * MB))
+        self._write("memory.max_usage_in_bytes", "0")
+
+    def peak(self) -> int:
+        """Bytes: the highest usage since the last :meth:`set_limit`."""
+        return int(self._read("memory.max_usage_in_bytes"))
+
+    def oom_kills(self) -> int:
+        for line in self._read("memory.oom_control").splitlines():
+            key, _, value = line.partition(" ")
+            if key == "oom_kill":
+                return int(value)
+        return 0
+
+    def remove(self) -> None:
+        with contextlib.suppress(OSError):
+            self.path.rmdir()
+
+
+class CgroupRoot:
+    """Where a worker makes its runners' memory cgroups: under its own cgroup."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._count = 0
+
+    @classmethod
+    def create(cls, name: str) -> CgroupRoot | None:
+        """A writable cgroup v1 memory hierarchy for this worker, or None."""
+        base = Path("/sys/fs/cgroup/memory")
+        try:
+            for line in Path("/proc/self/cgroup").read_text().splitlines():
+                _, controllers, rel = line.split(":", 2)
+                if "memory" in controllers.split(","):
+                    path = base / rel.lstrip("/") / name
+                    path.mkdir(exist_ok=True)
+                    (path / "memory.limit_in_bytes").read_text()
+                    return cls(path)
+        except (OSError, ValueError):
+            pass
+        return None
+
+    def new_group(self) -> MemoryCgroup | None:
+        self._count += 1
+        path = self.path / f"r{self._count}"
+        try:
+            path.mkdir()
+            group = MemoryCgroup(path)
+            group.set_limit(None)
+            return group
+        except OSError:
+            return None
+
+    def remove(self) -> None:
+        with contextlib.suppress(OSError):
+            self.path.rmdir()

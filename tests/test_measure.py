@@ -1,0 +1,97 @@
+"""Per-task measurement and enforcement on real workers (cgroup and polling modes)."""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import pytest
+
+import packmule
+from packmule import PythonTask, Task
+from packmule.worker.monitor import CgroupRoot
+
+from .conftest import ClusterFactory, connected, wait_until
+
+MODES = ["poll", pytest.param("cgroup", marks=pytest.mark.skipif(
+    CgroupRoot.create("packmule-probe") is None,
+    reason="no writable cgroup v1 memory controller (needs root)"))]
+
+
+def hold(mb: int, seconds: float) -> int:
+    """Hold ``mb`` MB of touched memory for ``seconds``."""
+    block = bytearray(mb << 20)
+    for i in range(0, len(block), 4096):
+        block[i] = 1
+    time.sleep(seconds)
+    return len(block) >> 20
+
+
+def spike(mb: int, seconds: float, then: float) -> None:
+    """A short spike of ``mb`` MB, then a quiet stretch."""
+    hold(mb, seconds)
+    time.sleep(then)
+
+
+def test_peak_memory_is_measured_within_five_percent(cluster: ClusterFactory) -> None:
+    with cluster(1) as mgr:
+        # The first task in a fresh runner also pays for imports; warm it first.
+        mgr.submit(PythonTask(hold, 1, 0.0)).result(timeout=60)
+        task = PythonTask(hold, 300, 1.0)
+        assert mgr.submit(task).result(timeout=60) == 300
+        assert 300 * 0.95 <= task.measured["memory"] <= 300 * 1.05
+        assert task.measured["wall_time"] >= 1.0
+        assert task.measured["cores_avg"] < 1.5
+
+
+def test_a_200_ms_spike_is_caught(cluster: ClusterFactory) -> None:
+    with cluster(1) as mgr:
+        mgr.submit(PythonTask(hold, 1, 0.0)).result(timeout=60)
+        task = PythonTask(spike, 250, 0.2, 1.5)
+        mgr.submit(task).result(timeout=60)
+        assert task.measured["memory"] >= 250 * 0.95
+
+
+def test_shell_task_child_memory_and_io(cluster: ClusterFactory) -> None:
+    with cluster(1) as mgr:
+        hog = f"{sys.executable} -c 'b = bytearray(150 << 20); b[::4096] = b\"x\" * len(b[::4096])'"
+        task = Task(f"{hog}; echo ok")
+        assert mgr.submit(task).result(timeout=60).stdout == "ok\n"
+        assert task.measured["memory"] >= 140
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_explicit_memory_limit_kills_the_task_not_the_worker(
+    cluster: ClusterFactory, mode: str
+) -> None:
+    with cluster(1, worker_args=["--enforce", mode]) as mgr:
+        greedy = PythonTask(hold, 400, 3.0, resources={"cores": 1, "memory": 100})
+        with pytest.raises(packmule.ResourceExhausted) as info:
+            mgr.submit(greedy).result(timeout=60)
+        err = info.value
+        assert err.resource == "memory" and err.limit == 100 and err.measured >= 100
+        assert "explicit limit of 100 MB" in str(err)
+        # the worker and its other tasks carry on
+        assert mgr.submit(PythonTask(hold, 50, 0.1)).result(timeout=60) == 50
+        assert mgr.stats().workers == 1
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_exceeding_a_filled_in_allocation_retries_at_the_max_and_succeeds(
+    cluster: ClusterFactory, mode: str
+) -> None:
+    # 1 core of a 2-core, 2000 MB worker gets 1000 MB filled in; the task needs 1300
+    with cluster(1, worker_args=["--enforce", mode]) as mgr:
+        wait_until(connected(mgr, 1))
+        task = PythonTask(hold, 1300, 1.5, resources={"cores": 1})
+        assert mgr.submit(task).result(timeout=60) == 1300
+        assert task.attempts == 2
+        assert task.allocation is not None and task.allocation.memory == 2000
+
+
+def test_disk_limit(cluster: ClusterFactory) -> None:
+    with cluster(1) as mgr:
+        task = Task("head -c 60000000 /dev/zero > big; sleep 5", resources={"cores": 1, "disk": 20})
+        with pytest.raises(packmule.ResourceExhausted, match="disk"):
+            mgr.submit(task).result(timeout=60)
+        assert task.measured["disk"] >= 50
