@@ -20,7 +20,6 @@ from .errors import (
     TaskCrashed,
     TaskError,
     TaskTimeout,
-    VersionMismatch,
     WorkerLost,
 )
 from .manager import Manager, ManagerStats
@@ -58,7 +57,6 @@ __all__ = [
     "TaskCrashed",
     "TaskError",
     "TaskTimeout",
-    "VersionMismatch",
     "WorkQueueExecutor",
     "WorkerLost",
     "__version__",

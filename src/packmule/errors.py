@@ -80,10 +80,6 @@ class ProtocolError(LinkError):
     """The peer sent a message this side cannot understand."""
 
 
-class VersionMismatch(ProtocolError):
-    """The peer speaks another protocol version."""
-
-
 class RemoteTraceback(Exception):
     """The traceback of an exception raised on a worker, attached as ``__cause__``."""
 
