@@ -1,8 +1,8 @@
 """packmule.WorkQueueExecutor with Parsl's SlurmProvider, on a real single-node Slurm.
 
-The module starts a private Slurm (munged, slurmctld, slurmd; state under
-``$PACKMULE_SLURM_DIR`` or /tmp/packmule-slurm) with tests/slurm/start-slurm.sh, which
-installs slurm-wlm and munge with apt-get when they are missing, and stops it with
+The module starts a private Slurm (munged, slurmctld, slurmd; state in a fresh
+/tmp/packmule-slurm-* dir, or ``$PACKMULE_SLURM_DIR``) with tests/slurm/start-slurm.sh,
+which installs slurm-wlm and munge with apt-get when they are missing, and stops it with
 stop-slurm.sh. It needs root; without root, or when Slurm does not come up, the module
 is skipped with the reason. Select or deselect with ``-m slurm`` / ``-m "not slurm"``.
 
@@ -14,8 +14,11 @@ worker``) and reads the password file from the run directory directly.
 from __future__ import annotations
 
 import os
+import random
+import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -38,7 +41,6 @@ from .test_cluster import max_overlap
 pytestmark = pytest.mark.slurm
 
 SCRIPTS = Path(__file__).parent / "slurm"
-STATE_DIR = Path(os.environ.get("PACKMULE_SLURM_DIR", "/tmp/packmule-slurm"))
 PARTITION = "packmule"
 REPO_ROOT = Path(__file__).resolve().parents[1]  # holds the ``tests`` package
 
@@ -47,27 +49,61 @@ def _tail(text: str, lines: int = 25) -> str:
     return "\n".join(text.strip().splitlines()[-lines:])
 
 
+def _free_ports(n: int) -> list[int]:
+    """``n`` ports free now, below Linux's ephemeral range (no clash with outgoing connections)."""
+    rng = random.Random()
+    found: list[int] = []
+    while len(found) < n:
+        port = rng.randrange(20000, 32000)
+        with socket.socket() as s:
+            try:
+                s.bind(("", port))
+            except OSError:
+                continue
+        if port not in found:
+            found.append(port)
+    return found
+
+
 @pytest.fixture(scope="module")
 def slurm() -> Iterator[Path]:
-    """A running private Slurm; yields its slurm.conf (also exported as SLURM_CONF)."""
+    """A running private Slurm; yields its slurm.conf (also exported as SLURM_CONF).
+
+    Each test session gets its own cluster (state dir under /tmp, random ports), so that
+    concurrent runs on one machine do not share, or stop, each other's Slurm. With
+    ``PACKMULE_SLURM_DIR`` set, that cluster is used (and left running if it already was).
+    """
     if not sys.platform.startswith("linux") or os.geteuid() != 0:
         pytest.skip("Slurm tests need root on Linux: tests/slurm/start-slurm.sh installs "
                     "slurm-wlm/munge and runs munged, slurmctld and slurmd")
     env = dict(os.environ, PACKMULE_SLURM_PARTITION=PARTITION)
+    if os.environ.get("PACKMULE_SLURM_DIR"):
+        state, own_dir = Path(os.environ["PACKMULE_SLURM_DIR"]), False
+    else:
+        # Not under pytest's 0700 basetemp: munged runs as the munge user and must reach it.
+        state, own_dir = Path(tempfile.mkdtemp(prefix="packmule-slurm-", dir="/tmp")), True
+        env["PACKMULE_SLURM_PORTS"] = " ".join(map(str, _free_ports(2)))
+
+    def stop() -> None:
+        subprocess.run([str(SCRIPTS / "stop-slurm.sh"), str(state),
+                        *(["--purge"] if own_dir else [])],
+                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=60, check=False)
+
     try:
-        proc = subprocess.run([str(SCRIPTS / "start-slurm.sh"), str(STATE_DIR)], env=env,
+        proc = subprocess.run([str(SCRIPTS / "start-slurm.sh"), str(state)], env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                               timeout=300)
     except subprocess.TimeoutExpired as exc:
+        stop()
         out = exc.stdout.decode(errors="replace") if isinstance(exc.stdout, bytes) else ""
         pytest.skip(f"Slurm did not start: start-slurm.sh timed out after 300 s:\n{_tail(out)}")
     if proc.returncode != 0:
-        _stop()  # whatever part of it did start
+        stop()  # whatever part of it did start
         pytest.skip(f"Slurm did not start: start-slurm.sh exited {proc.returncode}:\n"
                     f"{_tail(proc.stdout)}")
     # A cluster that was already up before this module (someone's own) is left running.
     started_here = "already running" not in proc.stdout
-    conf = STATE_DIR / "slurm.conf"
+    conf = state / "slurm.conf"
     mp = pytest.MonkeyPatch()
     mp.setenv("SLURM_CONF", str(conf))  # for sbatch/squeue/scancel, here and in the job
     try:
@@ -75,19 +111,15 @@ def slurm() -> Iterator[Path]:
     finally:
         mp.undo()
         if started_here:
-            _stop()
+            stop()
 
 
-def _stop() -> None:
-    subprocess.run([str(SCRIPTS / "stop-slurm.sh"), str(STATE_DIR)],
-                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=60, check=False)
-
-
-def squeue() -> dict[str, tuple[str, str]]:
-    """The cluster's current (not finished) jobs: job id -> (state, job name)."""
-    out = subprocess.run(["squeue", "-h", "-o", "%i %t %j"], check=True, text=True,
+def squeue() -> dict[str, tuple[str, str, str]]:
+    """The cluster's current (not finished) jobs: job id -> (state, job name, nodes)."""
+    out = subprocess.run(["squeue", "-h", "-o", "%i %t %j %N"], check=True, text=True,
                          stdout=subprocess.PIPE, timeout=10).stdout
-    return {jid: (state, name) for jid, state, name in (ln.split() for ln in out.splitlines())}
+    return {jid: (state, name, nodes)
+            for jid, state, name, nodes in (ln.split() for ln in out.splitlines())}
 
 
 @contextmanager
@@ -120,10 +152,14 @@ def where(seconds: float, parsl_resource_specification: dict[str, int] = {  # no
     import socket
     import time
 
+    import psutil
+
     start = time.time()
     time.sleep(seconds)
-    return {"start": start, "end": time.time(), "host": socket.gethostname(),
-            "pid": os.getpid(), "worker": os.getppid(), "uid": os.getuid(),
+    worker = next((p.pid for p in psutil.Process().parents()
+                   if p.cmdline()[1:4] == ["-m", "packmule", "worker"]), None)
+    return {"start": start, "end": time.time(), "host": socket.gethostname().split(".")[0],
+            "pid": os.getpid(), "worker": worker, "uid": os.getuid(),
             "job": os.environ.get("SLURM_JOB_ID"), "step": os.environ.get("SLURM_STEP_ID"),
             "block": os.environ.get("PARSL_WORKER_BLOCK_ID")}
 
@@ -161,8 +197,10 @@ def test_block_is_a_slurm_job_and_is_cancelled_at_cleanup(slurm: Path, tmp_path:
         r = where(0.1).result(timeout=60)
         assert r["job"] == job
         assert r["step"] is None  # no srun: the batch step itself
-        state, name = squeue()[job]
-        assert state == "R" and name.startswith("parsl.slurm"), (state, name)
+        assert r["worker"] is not None  # the task's ancestor ``packmule worker`` process
+        state, name, nodes = squeue()[job]
+        assert (state, nodes) == ("R", r["host"]) and name.startswith("parsl.slurm"), (
+            state, name, nodes)
     # Parsl's cleanup scancels the block: the job leaves squeue, and the worker and its task
     # runner are gone (killed by Slurm or ended by packmule's SIGTERM / manager-exit handling).
     t0 = time.monotonic()

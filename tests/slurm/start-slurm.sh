@@ -54,10 +54,11 @@ if ! have_all; then
     say "installing slurm-wlm and munge"
     export DEBIAN_FRONTEND=noninteractive
     pkgs=(slurm-wlm munge)
+    wait_lock=(-o DPkg::Lock::Timeout=180)  # another apt/dpkg (or test run) may hold the lock
     # Only refresh the package lists when the install cannot work without it.
-    if ! apt-get install -y --no-install-recommends "${pkgs[@]}"; then
-        apt-get update
-        apt-get install -y --no-install-recommends "${pkgs[@]}"
+    if ! apt-get "${wait_lock[@]}" install -y --no-install-recommends "${pkgs[@]}"; then
+        apt-get "${wait_lock[@]}" update
+        apt-get "${wait_lock[@]}" install -y --no-install-recommends "${pkgs[@]}"
     fi
     have_all || die "slurm-wlm/munge installed, but its commands are still missing"
 fi
@@ -140,8 +141,8 @@ alive() {
 node_state() { sinfo -h -N -n "$H" -p "$PARTITION" -o %T 2>/dev/null | head -n1; }
 
 wait_idle() {
-    local i state=""
-    for i in $(seq 1 150); do  # 15 s
+    local state=""
+    for _ in $(seq 1 150); do  # 15 s
         state=$(node_state)
         case "$state" in
             idle | mixed | allocated) return 0 ;;

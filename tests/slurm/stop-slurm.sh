@@ -33,10 +33,10 @@ running() {  # running PID: exists and is not a zombie waiting for its parent
     kill -0 "$1" 2>/dev/null && [ "$(awk '{print $3}' "/proc/$1/stat" 2>/dev/null)" != Z ]
 }
 stop() {  # stop NAME PIDFILE: SIGTERM, then SIGKILL after 10 s
-    local pid i
+    local pid
     pid=$(pid_of "$2" "$1") || return 0
     kill -TERM "$pid" 2>/dev/null
-    for i in $(seq 1 100); do
+    for _ in $(seq 1 100); do
         running "$pid" || break
         sleep 0.1
     done
