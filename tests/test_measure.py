@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 
@@ -12,6 +13,7 @@ from packmule import PythonTask, Task
 from packmule.worker.monitor import CgroupRoot
 
 from .conftest import ClusterFactory, connected, wait_until
+from .test_cluster import max_overlap
 
 MODES = ["poll", pytest.param("cgroup", marks=pytest.mark.skipif(
     CgroupRoot.create("packmule-probe") is None,
@@ -95,3 +97,41 @@ def test_disk_limit(cluster: ClusterFactory) -> None:
         with pytest.raises(packmule.ResourceExhausted, match="disk"):
             mgr.submit(task).result(timeout=60)
         assert task.measured["disk"] >= 50
+
+
+@pytest.mark.parametrize("mode", ["max_throughput", "ladder"])
+def test_autolabel_learns_allocations_and_retries_a_task_that_outgrows_them(
+    cluster: ClusterFactory, mode: str
+) -> None:
+    with cluster(1, cores=2, memory=2000) as mgr:
+        wait_until(connected(mgr, 1))
+        mgr.configure_category("learn", mode, steady_n=3)
+        whole = packmule.Resources(2, 2000, 2000, 0)
+        warmup = [PythonTask(hold, 100 + 20 * i, 0.1, category="learn") for i in range(4)]
+        for t in warmup:
+            mgr.submit(t).result(timeout=60)
+        assert warmup[0].allocation == whole  # nothing known yet: a whole worker
+        batch = [PythonTask(span_holding, 150, 0.5, category="learn") for _ in range(4)]
+        spans = [f.result(timeout=60) for f in [mgr.submit(t) for t in batch]]
+        learned = batch[-1].allocation
+        assert learned is not None and learned.cores == 1 and learned.memory < 2000
+        assert max_overlap(spans) == 2  # several per worker now
+        big = PythonTask(hold, 900, 0.2, category="learn")
+        assert mgr.submit(big).result(timeout=60) == 900
+        # retried at the max (Work Queue's modes), or up the ladder a step at a time
+        assert (big.attempts == 2 if mode != "ladder" else big.attempts >= 2)
+        assert big.allocation is not None
+        assert big.allocation.memory is not None and big.allocation.memory >= 900
+        stats = mgr.category_stats()["learn"]
+        assert stats["mode"] == mode
+        def logged() -> bool:
+            log = [json.loads(line) for line in mgr.task_log.read_text().splitlines()]
+            return any(rec["status"] == "exhausted" and rec["task"] == big.id for rec in log)
+
+        wait_until(logged)
+
+
+def span_holding(mb: int, seconds: float) -> tuple[float, float]:
+    start = time.time()
+    hold(mb, seconds)
+    return start, time.time()

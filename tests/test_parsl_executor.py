@@ -201,3 +201,32 @@ def test_monitoring_gets_rows_without_a_shared_filesystem(tmp_path: Path) -> Non
         assert con.execute("select count(*) from resource").fetchone()[0] >= 3
     finally:
         con.close()
+
+
+@python_app
+def allocate(mb: int) -> int:
+    block = bytearray(mb << 20)
+    block[::4096] = b"x" * len(block[::4096])
+    return len(block) >> 20
+
+
+def test_autolabel_learns_per_app_and_reports_measurements(tmp_path: Path) -> None:
+    with loaded(tmp_path, autolabel=True, autolabel_window=2) as ex:
+        first = allocate(50)
+        assert first.result(timeout=60) == 50
+        exec_fu = first.task_record["exec_fu"]
+        assert exec_fu.resources_allocated.memory == 4000  # nothing learned yet: whole worker
+        assert exec_fu.resources_measured["memory"] >= 45
+        for _ in range(3):
+            allocate(50).result(timeout=60)
+        later = allocate(50)
+        later.result(timeout=60)
+        assert later.task_record["exec_fu"].resources_allocated.memory < 4000
+        assert ex.manager is not None
+        stats = ex.manager.category_stats()
+        assert stats["allocate"]["mode"] == "max_throughput"  # autocategory: the app's name
+
+
+def test_bad_autolabel_algorithm_is_a_clear_error() -> None:
+    with pytest.raises(ValueError, match="unknown allocation mode 'fastest'"):
+        WorkQueueExecutor(autolabel=True, autolabel_algorithm="fastest")

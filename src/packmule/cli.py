@@ -84,6 +84,16 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--single-shot", action="store_true",
                    help="exit when the first manager session ends instead of reconnecting")
     w.add_argument("--debug", action="store_true", help="log every step")
+    sim = sub.add_parser(
+        "sim",
+        help="simulate allocation strategies on task traces (no cluster needed)",
+        description="Replay published task traces through packmule's allocation code.",
+    )
+    sim_sub = sim.add_subparsers(dest="sim_command", required=True)
+    sim_sub.add_parser(
+        "alloc", add_help=False,
+        help="one strategy on one trace, or every strategy on a folder of traces (--table)",
+    )
     return p
 
 
@@ -131,6 +141,11 @@ def worker_main(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:2] == ["sim", "alloc"]:
+        from .sim.alloc import main as sim_alloc
+
+        return sim_alloc(argv[2:])
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if getattr(args, "debug", False) else logging.INFO,

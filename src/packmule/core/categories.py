@@ -37,6 +37,8 @@ import random
 from collections import deque
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
+from itertools import repeat
+from operator import mul, sub
 
 from ..resources import FIELDS, Resources
 
@@ -63,6 +65,9 @@ __all__ = [
 
 CORES, MEMORY, DISK, GPUS = range(4)
 
+#: Nothing specified (the default explicit max and min of a category).
+UNSET = Resources()
+
 #: Work Queue's histogram bucket widths: cores 1, memory 250 MB, disk 250 MB, gpus 1.
 DEFAULT_WIDTHS = Resources._raw(1, 250, 250, 1)
 #: Work Queue's ``category-steady-n-tasks``: completions without a new maximum
@@ -84,12 +89,27 @@ LADDER_LEVELS = 4
 #: Ladder mode: relative resolution of the candidate levels (1 %): peaks are grouped on a
 #: geometric grid of this ratio, and a level is the largest peak seen in its group.
 LADDER_RESOLUTION = 0.01
-#: Ladder mode: a retry costs, besides the wasted attempt, this fraction of the mean
-#: peak (x the task's time). It stands for the latency and scheduling cost of a retry and
-#: keeps the ladder from adding levels that save almost nothing.
-LADDER_RETRY_COST = 0.0
+#: Ladder mode: the price of one retry in the ladder's objective, as a fraction of the
+#: mean peak (x the task's time), on top of the failed attempt's own charge. It stands
+#: for what the charging model leaves out (dispatch latency, staging, the other
+#: resources the failed attempt held) and keeps the ladder from adding a level that
+#: saves almost nothing. 0 minimises waste alone (more levels, many more retries).
+LADDER_RETRY_COST = 0.4
+#: Ladder mode: above the largest peak seen, a retry asks this factor x the reading
+#: (doubling: the classic online strategy for an unknown bound, never more than 4x the
+#: optimum in the worst case), capped at the category max or the largest worker.
+LADDER_GROWTH = 2.0
+#: Ladder mode: the ladder is recomputed when the number of recorded peaks has grown by
+#: this factor since the last computation (at least one new peak): about 150
+#: computations for 2,000 tasks, O(log n) of them over a category's life.
+LADDER_UPDATE_GROWTH = 1.05
 #: Attempts recorded before the ladder is trusted; until then new tasks get the whole worker.
 LADDER_COLD_START = 1
+
+
+def _ints(res: Resources) -> list[int]:
+    """The four fields as whole numbers, unspecified as 0."""
+    return [v or 0 for v in res.astuple()]
 
 
 def denoise_cores(cores: float) -> int:
@@ -175,15 +195,19 @@ class CategoryConfig:
     ``specify_category_first_allocation_guess``). ``steady_n`` is Work Queue's
     ``category-steady-n-tasks``. ``widths`` are the histogram bucket widths
     (cores, MB, MB, gpus). GPUs are learned only with ``autolabel_gpus``.
+    ``ladder_levels`` and ``ladder_retry_cost`` tune the ``ladder`` mode
+    (:data:`LADDER_LEVELS`, :data:`LADDER_RETRY_COST`).
     """
 
     mode: AllocationMode = AllocationMode.FIXED
-    max: Resources = Resources()
-    min: Resources = Resources()
+    max: Resources = UNSET
+    min: Resources = UNSET
     first_guess: Resources | None = None
     steady_n: int = STEADY_N
     widths: Resources = DEFAULT_WIDTHS
     autolabel_gpus: bool = False
+    ladder_levels: int = LADDER_LEVELS
+    ladder_retry_cost: float = LADDER_RETRY_COST
 
     def __post_init__(self) -> None:
         _set = object.__setattr__
@@ -206,6 +230,14 @@ class CategoryConfig:
         for name, w in zip(FIELDS, widths.astuple(), strict=True):
             if w is None or w < 1:
                 raise ValueError(f"histogram width for {name} must be >= 1, got {w!r}")
+        if isinstance(self.ladder_levels, bool) or not isinstance(self.ladder_levels, int) \
+                or self.ladder_levels < 1:
+            raise ValueError(f"ladder_levels must be a whole number >= 1, "
+                             f"got {self.ladder_levels!r}")
+        if not isinstance(self.ladder_retry_cost, (int, float)) \
+                or not math.isfinite(self.ladder_retry_cost) or self.ladder_retry_cost < 0:
+            raise ValueError(f"ladder_retry_cost must be a number >= 0, "
+                             f"got {self.ladder_retry_cost!r}")
 
 
 # --------------------------------------------------------------------- histograms
@@ -384,12 +416,16 @@ def greedy_buckets(values: Sequence[int], sig_prefix: Sequence[int],
         if hi <= lo or values[lo] == m:
             continue  # one point, or all equal: one bucket is optimal (cost 0)
         base = sig_prefix[lo]
+        size = hi - lo + 1
         inv = 1.0 / (sig_prefix[hi + 1] - base)
-        costs = [v * q + m * (1.0 - q * q) for v, q in
-                 zip(values[lo:hi + 1], [(s - base) * inv for s in sig_prefix[lo + 1:hi + 2]],
-                     strict=True)]
+        shares = sig_prefix[lo + 1:hi + 2]
+        if base:
+            shares = list(map(sub, shares, repeat(base, size)))
+        q = list(map(mul, shares, repeat(inv, size)))
+        # cost - m = q (v - m q); C-level maps: this loop is the simulator's hot spot
+        costs = list(map(mul, q, map(sub, values[lo:hi + 1], map(mul, q, repeat(m, size)))))
         best = min(costs)
-        i = lo + len(costs) - 1 - costs[::-1].index(best)
+        i = lo + size - 1 - costs[::-1].index(best)
         if i >= hi:
             continue
         breaks.append(i)
@@ -474,18 +510,17 @@ def exhaustive_buckets(values: Sequence[int], sig_prefix: Sequence[int],
 
 
 def _escalate(value: float, default: int) -> int:
-    """The next default x 2^k strictly above ``value`` (bucketing's exponential rule)."""
-    base = max(default, 1)
-    if value < 0:
-        return base
-    k = math.floor(math.log2(value / base)) + 1 if value > 0 else 0
-    out = base * 2.0 ** k
-    while out <= value:
+    """The smallest default x 2^k (k >= 0) at least ``value`` (bucketing's exponential rule).
+
+    Work Queue takes the next default x 2^k strictly above the float reading of
+    the exhausted attempt; a reading above a limit L is at least L + 1 in whole
+    units, so "at least the reading" is the same step (1000 -> 2000 MB,
+    1 -> 2 cores).
+    """
+    out = max(default, 1)
+    while out < value:
         out *= INCREASE_RATE
-    while k > -30 and out / INCREASE_RATE > value:
-        out /= INCREASE_RATE
-        k -= 1
-    return max(1, math.ceil(out))
+    return out
 
 
 def _draw(buckets: Buckets, rng: random.Random) -> int:
@@ -525,6 +560,8 @@ class _Bucketing:
             pts = self.points
             key = (self._greedy, len(pts), pts.fingerprint)
             cached = self._cache.get(key) if self._cache is not None else None
+            if cached is None and pts.values[0] == pts.values[-1]:
+                cached = [(pts.values[0], 1.0)]  # one value: one bucket, whatever the mode
             if cached is None:
                 sig, sv = pts.prefix()
                 cached = (greedy_buckets(pts.values, sig) if self._greedy
@@ -544,10 +581,7 @@ class _Bucketing:
             if exceeded:
                 return _escalate(measured, self.default)
             return max(math.ceil(measured), self.default)
-        if exceeded:
-            higher = [(t, p) for t, p in self.buckets() if t > measured]
-        else:
-            higher = [(t, p) for t, p in self.buckets() if t >= measured]
+        higher = [(t, p) for t, p in self.buckets() if t >= measured]
         if not higher:
             return _escalate(measured, self.default)
         return _draw(higher, rng)
@@ -555,7 +589,7 @@ class _Bucketing:
 
 # ------------------------------------------------------------------------ ladder
 def optimal_ladder(values: Sequence[float], weights: Sequence[float], levels: int,
-                   retry_cost: float = 0.0) -> list[float]:
+                   retry_cost: float = 0.0, beyond: float = 0.0) -> list[float]:
     """The ladder a_1 < ... < a_k (k <= ``levels``) of least expected cost; a_k = max(values).
 
     ``values`` are candidate levels in ascending order (each the largest peak
@@ -564,18 +598,20 @@ def optimal_ladder(values: Sequence[float], weights: Sequence[float], levels: in
     each exhaustion at the next level, until a_j >= v; every attempt is
     charged its level x the task's time (a failed attempt wholly). The
     expected charge is sum_j a_j S(a_{j-1}) (S = the mass above; S(a_0) = all),
-    plus ``retry_cost`` per retried mass. Minimised exactly by dynamic
-    programming over the candidates; the cost is a Monge array, so each
-    layer is solved by divide and conquer in O(n log n).
+    plus ``retry_cost`` per retried mass. ``beyond`` is the mass of tasks
+    above every candidate (they never fit and climb the whole ladder).
+    Minimised exactly by dynamic programming over the candidates; the cost is
+    a Monge array, so each layer is solved by divide and conquer in
+    O(n log n).
     """
     n = len(values)
     if n == 0:
         return []
     if n == 1 or levels <= 1:
         return [values[-1]]
-    total = float(sum(weights))
+    total = float(sum(weights)) + beyond
     above = [0.0] * n  # above[i] = mass strictly above candidate i
-    acc = 0.0
+    acc = beyond
     for i in range(n - 1, -1, -1):
         above[i] = acc
         acc += weights[i]
@@ -631,8 +667,8 @@ def optimal_ladder(values: Sequence[float], weights: Sequence[float], levels: in
 class _Ladder:
     """One resource's ladder state: peaks on a geometric grid, and the current ladder."""
 
-    __slots__ = ("_dirty", "_next_update", "cells", "ladder", "levels", "resolution",
-                 "retry_cost", "total")
+    __slots__ = ("_dirty", "_next_update", "beyond", "cells", "ladder", "levels",
+                 "resolution", "retry_cost", "total")
 
     def __init__(self, levels: int, resolution: float, retry_cost: float) -> None:
         self.levels = levels
@@ -641,6 +677,7 @@ class _Ladder:
         self.cells: dict[int, list[float]] = {}  # cell -> [largest peak, weight]
         self.ladder: list[int] = []
         self.total = 0
+        self.beyond = 0.0
         self._dirty = False
         self._next_update = 1
 
@@ -660,6 +697,13 @@ class _Ladder:
         self.total += 1
         self._dirty = True
 
+    def max_value(self) -> float:
+        return max((c[0] for c in self.cells.values()), default=0.0)
+
+    def add_beyond(self, weight: float) -> None:
+        self.beyond += weight
+        self._dirty = True
+
     def current(self) -> list[int]:
         """The ladder, recomputed when enough new peaks arrived (every 5 % more, at least 1)."""
         if self._dirty and self.total >= self._next_update:
@@ -668,9 +712,10 @@ class _Ladder:
             wts = [self.cells[k][1] for k in keys]
             mean = sum(v * w for v, w in zip(vals, wts, strict=True)) / max(sum(wts), 1e-300)
             self.ladder = [math.ceil(v) for v in
-                           optimal_ladder(vals, wts, self.levels, self.retry_cost * mean)]
+                           optimal_ladder(vals, wts, self.levels, self.retry_cost * mean,
+                                          self.beyond)]
             self._dirty = False
-            self._next_update = max(self.total + 1, math.ceil(self.total * 1.05))
+            self._next_update = max(self.total + 1, math.ceil(self.total * LADDER_UPDATE_GROWTH))
         return self.ladder
 
 
@@ -700,7 +745,6 @@ class Category:
         self._first: _Vals | None = None
         self._since_reset = 0
         self._steady = False
-        self._guessed = cfg.first_guess is not None
         if cfg.first_guess is not None:
             self._first = list(cfg.first_guess.astuple())
             self._since_reset = cfg.steady_n
@@ -718,7 +762,8 @@ class Category:
         self._ladders: dict[int, _Ladder] = {}
         if self.mode is AllocationMode.LADDER:
             for r in self._labelled:
-                self._ladders[r] = _Ladder(LADDER_LEVELS, LADDER_RESOLUTION, LADDER_RETRY_COST)
+                self._ladders[r] = _Ladder(cfg.ladder_levels, LADDER_RESOLUTION,
+                                           float(cfg.ladder_retry_cost))
 
     # ------------------------------------------------------------ queries
     @property
@@ -784,21 +829,20 @@ class Category:
         if self.mode is AllocationMode.FIXED:
             return Resources(*(t if t is not None else c
                                for t, c in zip(task, self._max, strict=True)))
-        worker = largest_worker.filled().astuple()
-        measured = measured_before.filled().astuple() if measured_before is not None \
-            else (0, 0, 0, 0)
+        worker = _ints(largest_worker)
+        measured = _ints(measured_before) if measured_before is not None else [0, 0, 0, 0]
         if exceeded is None:
             exc = {r for r in range(4) if (measured[r] or 0) > 0}
         else:
             exc = {FIELDS.index(name) for name in exceeded}
         probabilistic = self.mode in _BUCKETING_MODES
         if probabilistic:
-            key: tuple[object, ...] = (label, attempt, measured, tuple(sorted(exc)))
+            key: tuple[object, ...] = (label, attempt, tuple(measured), tuple(sorted(exc)))
             pin = self._pins.get(task_key)
             if pin is not None and pin[0] == key:
                 return self._merge(task, pin[1].astuple())
         if self.mode in _HISTOGRAM_MODES:
-            learned = self._histogram_request(label, worker, measured)
+            learned = self._histogram_request(label, worker, measured, exc)
         elif probabilistic:
             learned = self._bucketing_request(label, worker, measured, exc)
         else:
@@ -833,7 +877,7 @@ class Category:
         return cap if cap is not None else (worker[r] or 0)
 
     def _histogram_request(self, label: Attempt, worker: Sequence[int | None],
-                           measured: Sequence[int | None]) -> _Vals:
+                           measured: Sequence[int | None], exc: set[int]) -> _Vals:
         out: _Vals = list(self._max)
         if label is Attempt.FIRST:
             if not self._steady:
@@ -849,7 +893,9 @@ class Category:
             top = self._top(r, worker)
             m = measured[r] or 0
             cand: int = top
-            if self._steady and self.mode is not AllocationMode.MAX and self._max[r] is None:
+            if r in exc and m <= 0:
+                pass  # exhausted, but no reading: the max is all we know
+            elif self._steady and self.mode is not AllocationMode.MAX and self._max[r] is None:
                 first = (self._first[r] if self._first is not None else None) or 0
                 c = self._cap(r, max(self._done_max[r], first), worker)
                 if c >= m:
@@ -867,6 +913,9 @@ class Category:
                     continue  # 1 core: left to the box's proportional fill (see SAMPLING_DEFAULT)
             else:
                 m = measured[r] or 0
+                if r in exc and m <= 0:  # exhausted, but no reading: the max is all we know
+                    out[r] = self._top(r, worker)
+                    continue
                 v = state.retry(m, r in exc, self._rng)
                 if r == CORES and state.sampling and v <= SAMPLING_DEFAULT[CORES]:
                     continue
@@ -878,24 +927,38 @@ class Category:
         out: _Vals = list(self._max)
         for r, state in self._ladders.items():
             ladder = state.current() if state.total >= LADDER_COLD_START else []
+            top = self._top(r, worker)
             if label is Attempt.FIRST:
+                guess = self._first[r] if self._first is not None else None
                 if ladder:
-                    out[r] = self._cap(r, ladder[0], worker)
+                    out[r] = self._snap(self._cap(r, ladder[0], worker), top)
+                elif guess is not None:  # cold start with a first guess: use it
+                    out[r] = self._cap(r, guess, worker)
                 continue
             m = measured[r] or 0
-            if r in exc:
-                higher = [a for a in ladder if a > m]
+            higher = [a for a in ladder if a >= m]
+            if r in exc and m <= 0:  # exhausted, but no reading: the max is all we know
+                v = top
+            elif higher:
+                v = self._cap(r, higher[0], worker)
+            elif ladder and m > 0:
+                # above everything seen: grow geometrically, capped at the max/worker
+                v = min(top, math.ceil(m * LADDER_GROWTH))
             else:
-                higher = [a for a in ladder if a >= m]
-            if higher:
-                out[r] = max(self._cap(r, higher[0], worker), m)
-            else:
-                out[r] = max(self._top(r, worker), m)
+                v = top
+            out[r] = max(self._snap(v, top), m)
         return out
+
+    @staticmethod
+    def _snap(value: int, top: int) -> int:
+        """A level within the grid resolution below the top is the top: trying both is waste."""
+        return top if top > 0 and value < top and value * (1 + LADDER_RESOLUTION) >= top \
+            else value
 
     # ------------------------------------------------------------ learning
     def record(self, measured: Resources, wall_time: float, exhausted: bool, *,
-               cores: float | None = None, task_key: int | None = None) -> None:
+               cores: float | None = None, task_key: int | None = None,
+               gave_up: bool = False) -> None:
         """Account a finished attempt: its measured peaks, wall time (s), and whether it
         exhausted its allocation.
 
@@ -905,7 +968,7 @@ class Category:
         points and ladders. With ``task_key``, a normal completion also drops
         the task's pinned draw.
         """
-        m = list(measured.filled().astuple())
+        m = _ints(measured)
         if cores is not None:
             m[CORES] = denoise_cores(cores)
         self._attempts += 1
@@ -928,6 +991,14 @@ class Category:
             if m[r] > self._seen[r]:
                 self._seen[r] = m[r]
         if exhausted:
+            if gave_up:
+                # the task failed for good: it climbed every level (ladder mode learns that)
+                w = max(float(wall_time), 0.0) or 1.0
+                for r, lad in self._ladders.items():
+                    if m[r] > lad.max_value():
+                        lad.add_beyond(w)
+                if task_key is not None:
+                    self.forget(task_key)
             return
         # 4. normal completions are learned from
         wall = max(float(wall_time), 0.0)
@@ -950,17 +1021,20 @@ class Category:
         first: _Vals = [None, None, None, None]
         for r in self._labelled:
             h = self._hist[r]
-            top = self._max[r] if self._max[r] is not None else self._seen[r]
+            cap = self._max[r]
+            top = cap if cap is not None else self._seen[r]
+            v: int | None
             if self.mode is AllocationMode.MAX:
-                v: int | None = h.round_up(self._seen[r] + h.width // 3)
-                if v is not None and self._max[r] is not None:
-                    v = min(v, self._max[r])
+                v = h.round_up(self._seen[r] + h.width // 3)
+                if cap is not None:
+                    v = min(v, cap)
             elif self.mode is AllocationMode.MIN_WASTE:
                 v = min_waste(h, top)
             else:
                 v = max_throughput(h, top)
-            if v is not None and self._min[r] is not None:
-                v = max(v, self._min[r])
+            lo = self._min[r]
+            if v is not None and lo is not None:
+                v = max(v, lo)
             first[r] = v
         self._first = first
 

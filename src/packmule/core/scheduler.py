@@ -9,6 +9,7 @@ clock: callers pass ``now``.
 
 from __future__ import annotations
 
+import hashlib
 import heapq
 import itertools
 import math
@@ -17,6 +18,7 @@ from dataclasses import dataclass, field
 
 from ..resources import ZERO, Resources, maximum
 from .allocation import box
+from .categories import AllocationMode, Attempt, Category, CategoryConfig
 from .states import ALLOWED_TRANSITIONS, InvalidTransition, TaskState, Verdict, WorkerState
 
 #: How many waiting tasks one scheduling pass examines at most (Work Queue: 100).
@@ -27,6 +29,9 @@ SCHEDULE_DEPTH = 1000
 MAX_REQUEUES = 5
 #: Transitions kept per task for error messages and tests.
 HISTORY_LIMIT = 32
+#: How often a task may exhaust its allocation and be retried bigger before it
+#: fails (each retry needs a larger allocation, so this is only a backstop).
+MAX_EXHAUSTIONS = 10
 
 
 @dataclass
@@ -43,10 +48,14 @@ class TaskRecord:
     worker: str | None = None
     allocation: Resources | None = None
     requeues: int = 0
-    #: After exhausting a resource it was not given explicitly, the task runs
-    #: again with this request (the largest worker's worth of that resource),
-    #: ahead of the other waiting tasks.
-    retry_request: Resources | None = None
+    category: str = "default"
+    #: FIRST, or MAX after it exhausted an allocation packmule chose: it then
+    #: runs again, bigger, ahead of the other waiting tasks.
+    label: Attempt = Attempt.FIRST
+    #: Element-wise max of what its exhausted attempts were measured to use.
+    measured_before: Resources | None = None
+    exceeded: tuple[str, ...] = ()
+    exhaustions: int = 0
     warned_unplaceable: bool = False
     history: list[str] = field(default_factory=list)
 
@@ -93,10 +102,14 @@ class Unplaceable:
 class ManagerState:
     """Tasks and workers, with the packing policy. Not thread-safe: one owner."""
 
-    def __init__(self, validate: bool = False) -> None:
+    def __init__(self, validate: bool = False,
+                 default_category: CategoryConfig | None = None) -> None:
         self.tasks: dict[int, TaskRecord] = {}
         self.workers: dict[str, WorkerRecord] = {}
+        self.categories: dict[str, Category] = {}
+        self.default_category = default_category or CategoryConfig()
         self.validate = validate
+        self._largest = ZERO
         self._ready: list[tuple[float, int, int]] = []  # (-priority, seq, task_id)
         self._parked: list[int] = []  # tasks that fit no connected worker
         self._seq = itertools.count()
@@ -111,8 +124,31 @@ class ManagerState:
         t.state = to
 
     def _enqueue(self, t: TaskRecord) -> None:
-        first = -math.inf if t.retry_request is not None else -t.priority
+        first = -math.inf if t.label is Attempt.MAX else -t.priority
         heapq.heappush(self._ready, (first, t.seq, t.id))
+
+    # ------------------------------------------------------------ categories
+    def configure_category(self, name: str, config: CategoryConfig) -> None:
+        """Set a category's allocation policy (before its tasks arrive, or it starts afresh)."""
+        self.categories[name] = Category(name, config, seed=_seed(name))
+
+    def category(self, name: str) -> Category:
+        cat = self.categories.get(name)
+        if cat is None:
+            cat = self.categories[name] = Category(name, self.default_category, seed=_seed(name))
+        return cat
+
+    def request_of(self, t: TaskRecord) -> Resources:
+        """What this attempt asks the box rule for: the task's own values, plus learned ones."""
+        cat = self.category(t.category)
+        if t.label is Attempt.MAX and cat.mode is AllocationMode.FIXED:
+            # Nothing is learned in FIXED mode: what it exceeded gets the largest worker's.
+            fields = t.request.as_dict()
+            for r in t.exceeded:
+                fields[r] = getattr(self._largest, r)
+            return Resources(**fields)
+        return cat.request_for(t.request, t.label, self._largest, t.id, t.measured_before,
+                               attempt=t.attempt, exceeded=t.exceeded)
 
     def _release(self, t: TaskRecord) -> None:
         """Give back the task's allocation on its worker."""
@@ -131,11 +167,13 @@ class ManagerState:
         now: float,
         priority: float = 0.0,
         max_retries: int | None = 0,
+        category: str = "default",
     ) -> None:
         """A new task joins the queue."""
         if task_id in self.tasks:
             raise ValueError(f"task {task_id} was already submitted")
-        t = TaskRecord(task_id, request, priority, next(self._seq), max_retries)
+        t = TaskRecord(task_id, request, priority, next(self._seq), max_retries,
+                       category=category)
         t.history.append(f"{now:.3f} submitted")
         self.tasks[task_id] = t
         self._enqueue(t)
@@ -151,7 +189,8 @@ class ManagerState:
         return t
 
     def complete(
-        self, task_id: int, attempt: int, success: bool, now: float, worker: str | None = None
+        self, task_id: int, attempt: int, success: bool, now: float, worker: str | None = None,
+        measured: Resources | None = None, wall_time: float = 0.0, cores: float | None = None,
     ) -> Verdict:
         """An attempt ended: ``success`` false means the task itself failed.
 
@@ -162,6 +201,9 @@ class ManagerState:
         if t is None:
             return Verdict.STALE
         self._release(t)
+        if measured is not None:
+            self.category(t.category).record(measured, wall_time, False, cores=cores,
+                                             task_key=t.id)
         if success:
             self._move(t, TaskState.DONE, now, "succeeded")
             verdict = Verdict.DONE
@@ -200,29 +242,42 @@ class ManagerState:
 
     def exhausted(
         self, task_id: int, attempt: int, exceeded: list[str], now: float,
-        worker: str | None = None,
+        worker: str | None = None, measured: Resources | None = None,
+        wall_time: float = 0.0, cores: float | None = None,
     ) -> Verdict:
         """The attempt was killed for using more of ``exceeded`` than it was allocated.
 
-        A resource the task gave explicitly is a hard limit: the task FAILS.
-        Otherwise it is REQUEUED, ahead of the others, with the largest
-        worker's worth of what it exceeded; exceeding that too FAILS it.
+        A resource the task (or its category's max) gave explicitly is a hard
+        limit: the task FAILS. Otherwise it RETRIES at once, ahead of the other
+        waiting tasks, with a larger allocation (its category decides how
+        much; at most the largest worker's), and FAILS only when it already
+        had the largest worker's worth of what it exceeded.
         """
         t = self._current(task_id, attempt, worker)
         if t is None:
             return Verdict.STALE
+        had = t.allocation or ZERO
         self._release(t)
-        explicit = [r for r in exceeded if getattr(t.request, r) is not None]
-        if explicit or t.retry_request is not None:
+        cat = self.category(t.category)
+        # An exhausted resource used more than it had, whatever the last reading said.
+        fields = (measured or Resources()).as_dict()
+        for r in exceeded:
+            fields[r] = max(fields[r] or 0, (getattr(had, r) or 0) + 1)
+        used = Resources(**fields)
+        t.exhaustions += 1
+        at_most = all((getattr(had, r) or 0) >= (getattr(self._largest, r) or 0) for r in exceeded)
+        give_up = bool(cat.exceeds_explicit_limit(t.request, used) or (exceeded and at_most)
+                       or t.exhaustions > MAX_EXHAUSTIONS)
+        cat.record(used, wall_time, True, cores=cores, task_key=t.id, gave_up=give_up)
+        if give_up:
             self._move(t, TaskState.DONE, now, f"exceeded {', '.join(exceeded)}")
             verdict = Verdict.FAILED
         else:
-            largest = self.largest_worker()
-            fields = t.request.as_dict()
-            for r in exceeded:
-                fields[r] = getattr(largest, r)
-            t.retry_request = Resources(**fields)
-            self._move(t, TaskState.WAITING, now, f"exceeded {', '.join(exceeded)}; retry at max")
+            t.label = Attempt.MAX
+            t.exceeded = tuple(exceeded)
+            t.measured_before = used if t.measured_before is None else maximum(
+                t.measured_before, used)
+            self._move(t, TaskState.WAITING, now, f"exceeded {', '.join(exceeded)}; retry bigger")
             self._enqueue(t)
             verdict = Verdict.RETRY
         self._check()
@@ -246,6 +301,7 @@ class ManagerState:
         t = self.tasks.get(task_id)
         if t is not None and t.state in (TaskState.DONE, TaskState.CANCELLED):
             del self.tasks[task_id]
+            self.category(t.category).forget(task_id)
 
     # ------------------------------------------------------------ worker events
     def add_worker(self, worker_id: str, total: Resources, now: float) -> None:
@@ -253,6 +309,7 @@ class ManagerState:
         if not total.is_complete:
             raise ValueError(f"worker {worker_id} reported an incomplete size {total}")
         self.workers[worker_id] = WorkerRecord(worker_id, total, now)
+        self._largest = maximum(self._largest, total)
         for tid in self._parked:
             t = self.tasks.get(tid)
             if t is not None and t.state is TaskState.WAITING:
@@ -271,6 +328,7 @@ class ManagerState:
         w = self.workers.pop(worker_id, None)
         if w is None:
             return []
+        self._largest = self.largest_worker()
         w.state = WorkerState.LOST
         out = []
         for tid in list(w.running):
@@ -296,9 +354,12 @@ class ManagerState:
     ) -> tuple[WorkerRecord, Resources] | None:
         """Best fit: the worker left with the fewest free cores (then memory) after placing."""
         choice: tuple[tuple[int, int], WorkerRecord, Resources] | None = None
-        request = t.retry_request or t.request
+        request = self.request_of(t)
+        cat = self.category(t.category)
         for w in workers:
             b = box(request, w.total)
+            if b is not None:
+                b = cat.apply_min(b)
             if b is None or not b.fits_in(w.free):
                 continue
             left = w.free - b
@@ -308,14 +369,14 @@ class ManagerState:
         return None if choice is None else (choice[1], choice[2])
 
     def _fits_some_worker(self, t: TaskRecord) -> bool:
-        request = t.retry_request or t.request
+        request = self.request_of(t)
         return any(box(request, w.total) is not None for w in self.workers.values())
 
     def _reserve(self, t: TaskRecord, reserved: dict[str, float]) -> None:
         """Hold the worker closest to fitting ``t`` against lower-priority tasks."""
         best: tuple[tuple[int, int], WorkerRecord] | None = None
         for w in self.workers.values():
-            if w.id in reserved or box(t.retry_request or t.request, w.total) is None:
+            if w.id in reserved or box(self.request_of(t), w.total) is None:
                 continue
             key = (-(w.free.cores or 0), -(w.free.memory or 0))
             if best is None or key < best[0]:
@@ -409,3 +470,8 @@ class ManagerState:
                 assert t.id in self.workers[t.worker].running
             else:
                 assert t.worker is None, f"task {t.id} in {t.state} holds worker {t.worker}"
+
+
+def _seed(name: str) -> int:
+    """A category's random seed: stable across runs, different per category."""
+    return int.from_bytes(hashlib.blake2b(name.encode(), digest_size=4).digest(), "little")

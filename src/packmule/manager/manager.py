@@ -12,12 +12,14 @@ import collections
 import contextlib
 import errno
 import itertools
+import json
 import logging
+import math
 import os
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent import futures
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -28,11 +30,11 @@ import zmq
 import zmq.utils.z85
 
 from .._version import __version__
+from ..core.categories import STEADY_N, AllocationMode, CategoryConfig
 from ..core.scheduler import MAX_REQUEUES, Assignment, ManagerState
 from ..core.states import Verdict
 from ..errors import (
     FileTransferError,
-    PackmuleError,
     ProtocolError,
     ResourceExhausted,
     TaskCancelled,
@@ -103,6 +105,9 @@ class Manager:
     loopback by default, ``"0.0.0.0"`` to accept workers on other machines.
     ``message_sink`` receives the monitoring messages tasks leave in
     ``$PACKMULE_RADIO_DIR`` (the Parsl executor's monitoring radio).
+    ``default_category`` is the allocation policy of categories not
+    configured with :meth:`configure_category` (default: FIXED, nothing
+    learned). Every finished attempt is logged to ``run_dir/tasks.jsonl``.
     """
 
     def __init__(
@@ -117,6 +122,7 @@ class Manager:
         shutdown_workers: bool = True,
         validate: bool = False,
         message_sink: Callable[[list[bytes]], None] | None = None,
+        default_category: CategoryConfig | None = None,
     ) -> None:
         if heartbeat_interval <= 0 or lease < 2 * heartbeat_interval:
             raise ValueError(
@@ -137,7 +143,10 @@ class Manager:
         self.message_sink = message_sink
         #: Element-wise largest connected worker (updated as workers come and go).
         self.largest_worker: Resources = Resources(0, 0, 0, 0)
-        self._core = ManagerState(validate=validate)
+        self._core = ManagerState(validate=validate, default_category=default_category)
+        #: One JSON object per finished attempt: what it asked for, got and used.
+        self.task_log = self.run_dir / "tasks.jsonl"
+        self._task_log = self.task_log.open("a", buffering=1 << 16)
         self._tasks: dict[int, Task] = {}
         self._payloads: dict[int, bytes] = {}
         self._future_ids: dict[Future[Any], int] = {}
@@ -263,6 +272,38 @@ class Manager:
         except futures.TimeoutError:  # not the builtin TimeoutError before Python 3.11
             raise TimeoutError(f"tasks still unfinished after {timeout} s") from None
 
+    def configure_category(
+        self,
+        name: str,
+        mode: str | AllocationMode = AllocationMode.FIXED,
+        *,
+        max: Resources | Mapping[str, int] | None = None,
+        min: Resources | Mapping[str, int] | None = None,
+        first_guess: Resources | Mapping[str, int] | None = None,
+        steady_n: int = STEADY_N,
+    ) -> None:
+        """Choose how tasks of category ``name`` get their allocations.
+
+        ``mode``: fixed, max, min_waste, max_throughput, greedy_bucketing,
+        exhaustive_bucketing or ladder (see docs/allocation.md). ``max`` and
+        ``min`` are explicit limits (a task going over the max fails);
+        ``first_guess`` starts learning from a known allocation. Bad values
+        raise ValueError here.
+        """
+        config = CategoryConfig(
+            mode=AllocationMode.parse(mode), max=Resources.coerce(max),
+            min=Resources.coerce(min),
+            first_guess=None if first_guess is None else Resources.coerce(first_guess),
+            steady_n=steady_n,
+        )
+        self._call(lambda: self._core.configure_category(name, config))
+
+    def category_stats(self) -> dict[str, dict[str, object]]:
+        """Per category: mode, tasks seen, exhaustions, max seen, current first allocation..."""
+        stats: dict[str, dict[str, object]] = self._call(
+            lambda: {n: c.stats() for n, c in self._core.categories.items()})
+        return stats
+
     def stats(self) -> ManagerStats:
         """Workers, tasks by state, and committed vs total resources, right now."""
         stats: ManagerStats = self._call(self._stats)
@@ -306,6 +347,7 @@ class Manager:
         next_beat = time.monotonic() + self.heartbeat_interval
         probes: list[float] = []
         stopping = False
+        last_flush = time.monotonic()
         try:
             while not stopping:
                 now = time.monotonic()
@@ -340,6 +382,9 @@ class Manager:
                     next_beat = now + self.heartbeat_interval
                     self._heartbeat(now)
                 self._schedule(now)
+                if not events or now - last_flush > 1.0:  # idle, or a second went by
+                    self._task_log.flush()
+                    last_flush = now
         except Exception:
             log.exception("packmule manager loop crashed; failing all unfinished tasks")
         finally:
@@ -351,7 +396,8 @@ class Manager:
             self._payloads[task.id] = payload
             self._tasks[task.id] = task
             self._future_ids[task.future] = task.id
-            self._core.submit(task.id, task.resources, now, task.priority, task.max_retries)
+            self._core.submit(task.id, task.resources, now, task.priority, task.max_retries,
+                              task.category)
             self._counters["tasks_submitted"] += 1
         elif kind == "cancel":
             tid = self._future_ids.pop(arg, None)
@@ -556,11 +602,18 @@ class Manager:
                     f"task {r.task_id} was handed back by its workers {MAX_REQUEUES + 1} times "
                     f"(last: {r.message}); check that its request fits the workers", r.task_id))
             return
+        measured = _measured_resources(r)
+        cores = r.measured.get("cores")
         if r.status is S.EXHAUSTED:
-            verdict = self._core.exhausted(r.task_id, r.attempt, r.exceeded, now, worker=wid)
+            verdict = self._core.exhausted(r.task_id, r.attempt, r.exceeded, now, worker=wid,
+                                           measured=measured, wall_time=r.wall_time, cores=cores)
         else:
+            ran = r.status in (S.SUCCESS, S.EXCEPTION)
             verdict = self._core.complete(r.task_id, r.attempt, r.status is S.SUCCESS, now,
-                                          worker=wid)
+                                          worker=wid, measured=measured if ran else None,
+                                          wall_time=r.wall_time, cores=cores)
+        if verdict is not Verdict.STALE:
+            self._log_attempt(wid, r)
         if verdict is Verdict.STALE:
             log.debug("discarded a stale result of task %d attempt %d", r.task_id, r.attempt)
             return
@@ -674,6 +727,19 @@ class Manager:
                 task.future.set_exception(exc)
         self._mark_finished(task)
 
+    def _log_attempt(self, wid: str, r: m.TaskResult) -> None:
+        task = self._tasks.get(r.task_id)
+        conn = self._conns.get(wid)
+        record = {
+            "task": r.task_id, "attempt": r.attempt, "status": r.status.value,
+            "category": task.category if task else None,
+            "requested": task.resources.as_dict() if task else None,
+            "allocated": task.allocation.as_dict() if task and task.allocation else None,
+            "measured": r.measured, "exceeded": r.exceeded,
+            "worker": wid, "host": conn.hostname if conn else None, "time": time.time(),
+        }
+        self._task_log.write(json.dumps(record) + "\n")
+
     def _mark_finished(self, task: Task) -> None:
         with self._unfinished_cv:
             self._unfinished.pop(task.id or 0, None)
@@ -756,6 +822,7 @@ class Manager:
                 tid, TaskCancelled(f"task {tid} did not finish before the manager shut down", tid)
             )
         self._close_sockets()
+        self._task_log.close()
         for fd in (self._wake_r, self._wake_w):
             with contextlib.suppress(OSError):
                 os.close(fd)
@@ -768,4 +835,14 @@ class Manager:
         self._ctx.term()
 
 
-__all__ = ["HEARTBEAT_INTERVAL", "LEASE", "Manager", "ManagerStats", "PackmuleError"]
+
+def _measured_resources(r: m.TaskResult) -> Resources | None:
+    """What an attempt used, as whole units (cores rounded by the category's rule later)."""
+    if not r.measured:
+        return None
+    return Resources(
+        cores=math.ceil(r.measured.get("cores", 0.0)),
+        memory=math.ceil(r.measured.get("memory", 0.0)),
+        disk=math.ceil(r.measured.get("disk", 0.0)),
+        gpus=len(r.gpu_ids),
+    )

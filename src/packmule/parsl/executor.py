@@ -29,6 +29,7 @@ from parsl.providers.base import ExecutionProvider
 from parsl.utils import RepresentationMixin
 
 from .. import File, Manager, PythonTask
+from ..core.categories import AllocationMode, CategoryConfig
 from ..protocol.security import read_password_file, write_new_password_file
 from .radio import PackmuleRadio, PackmuleRadioReceiver
 from .spec import parse_spec
@@ -64,11 +65,25 @@ def _staged_path(f: ParslFile) -> str | None:
     return os.path.normpath(path)
 
 
+def _annotate(task: PythonTask, fut: Future[Any]) -> None:
+    """Put what the task asked for, got and used on its future (Work Queue's names).
+
+    Reach it from a Parsl AppFuture as ``app_future.task_record["exec_fu"]``.
+    """
+    fut.resources_requested = task.resources  # type: ignore[attr-defined]
+    fut.resources_allocated = task.allocation  # type: ignore[attr-defined]
+    fut.resources_measured = dict(task.measured)  # type: ignore[attr-defined]
+    fut.packmule_task = task  # type: ignore[attr-defined]
+
+
 class WorkQueueExecutor(BlockProviderExecutor, RepresentationMixin):
     """Run Parsl apps on packmule workers, packed by ``parsl_resource_specification``.
 
     Every parameter of Parsl's ``WorkQueueExecutor`` is accepted with the same
-    meaning; see docs/parsl-migration.md for each one. Differences that fix the
+    meaning; see docs/parsl-migration.md for each one. ``autolabel_algorithm``
+    (new) chooses how ``autolabel`` learns allocations: max_throughput (the
+    original's, and the default), min_waste, max, greedy_bucketing,
+    exhaustive_bucketing or ladder. Differences that fix the
     original's traps: ``env`` really sets task environment variables; each
     executor gets its own default provider; ``max_retries=None`` means
     unlimited; ``port=0`` (the default) picks a free port, and a port that
@@ -96,6 +111,7 @@ class WorkQueueExecutor(BlockProviderExecutor, RepresentationMixin):
         extra_pkgs: list[str] | None = None,
         autolabel: bool = False,
         autolabel_window: int = 1,
+        autolabel_algorithm: str = "max_throughput",
         autocategory: bool = True,
         max_retries: int | None = 1,
         init_command: str = "",
@@ -140,6 +156,12 @@ class WorkQueueExecutor(BlockProviderExecutor, RepresentationMixin):
         self.extra_pkgs = extra_pkgs or []
         self.autolabel = autolabel
         self.autolabel_window = autolabel_window
+        self.autolabel_algorithm = autolabel_algorithm
+        # A bad mode or window is a configuration error: say so now, not at start().
+        self._categories = CategoryConfig(
+            mode=AllocationMode.parse(autolabel_algorithm) if autolabel else AllocationMode.FIXED,
+            steady_n=autolabel_window,
+        )
         self.autocategory = autocategory
         self.max_retries = max_retries
         self.init_command = init_command
@@ -179,7 +201,8 @@ class WorkQueueExecutor(BlockProviderExecutor, RepresentationMixin):
         sink = receiver.deliver if isinstance(receiver, PackmuleRadioReceiver) else None
         try:
             self.manager = Manager(port=self.port, password_file=self._password_file, host=host,
-                                   run_dir=exec_dir, message_sink=sink)
+                                   run_dir=exec_dir, message_sink=sink,
+                                   default_category=self._categories)
         except OSError as exc:
             raise ExecutorError(self, str(exc)) from exc
         self.port = self.manager.port
@@ -227,6 +250,7 @@ class WorkQueueExecutor(BlockProviderExecutor, RepresentationMixin):
         with self._outstanding_lock:
             self._outstanding_cores[task.id] = int(cores)
         self._tasks[task.id] = fut
+        fut.add_done_callback(functools.partial(_annotate, task))
         fut.add_done_callback(functools.partial(self._forget, task.id))
         return fut
 

@@ -1,0 +1,410 @@
+"""Trace-driven allocation simulator: one machine, tasks in order, one attempt at a time.
+
+The model of Phung et al. (WORKS 2021), used to compare allocation modes on
+published task-resource traces (``workloads/README.md``):
+
+* tasks run in file order, one attempt at a time, on one machine (the
+  largest worker); every resource is left unspecified by the task, so the
+  category decides everything, and the box rule (``core/allocation.box``)
+  turns its request into an allocation;
+* an attempt is charged its allocation x the task's full duration; it fails
+  if the task's peak exceeds the allocation in any resource, and a failed
+  attempt is all waste;
+* what a retry knows (the same for every mode): for each exhausted resource
+  the monitor's reading at the kill, taken as the least whole value above
+  the limit (allocation + 1), not the true peak; for the other resources the
+  true peak (the charging model assumes the kill came at the end of the
+  run). The category records that reading as an exhausted attempt, and the
+  retry gets the element-wise max of the task's readings so far;
+* a task whose peak exceeds the machine in some resource can never succeed:
+  it is counted ``unrunnable`` once an attempt at the machine's full size in
+  that resource has failed (or the category asks for more than the machine);
+  under ``fixed`` an exhausted task fails at once (Work Queue's ERROR label).
+
+Negative memory values in a trace (``normal_large`` has 7) are clamped to 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time as _time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..core.allocation import box
+from ..core.categories import (
+    AllocationMode,
+    Attempt,
+    Buckets,
+    Category,
+    CategoryConfig,
+    denoise_cores,
+)
+from ..resources import FIELDS, Resources
+
+__all__ = [
+    "PROBABILISTIC",
+    "TraceTask",
+    "load_trace",
+    "main",
+    "simulate",
+    "table",
+]
+
+#: Modes whose results depend on the seed (reported as the mean over seeds).
+PROBABILISTIC = frozenset({AllocationMode.GREEDY_BUCKETING, AllocationMode.EXHAUSTIVE_BUCKETING})
+#: Safety stop: an attempt loop longer than this is a bug in a mode (it did not escalate).
+MAX_ATTEMPTS = 200
+#: The machine of Phung et al.: 16 cores, 64,000 MB memory, 64,000 MB disk.
+PHUNG_MACHINE = Resources(16, 64000, 64000, 0)
+REPORTED = ("cores", "memory", "disk")
+HEADER = ("taskid", "core", "memory", "virtual_memory", "disk", "time", "average_cores", "tag")
+
+
+def _ints(res: Resources) -> tuple[int, int, int, int]:
+    """The four fields as whole numbers, unspecified as 0."""
+    c, m, d, g = res.astuple()
+    return (c or 0, m or 0, d or 0, g or 0)
+
+
+@dataclass(frozen=True)
+class TraceTask:
+    """One task of a trace: its peaks (cores, memory MB, disk MB, gpus) and duration (s)."""
+
+    id: str
+    peak: tuple[int, int, int, int]
+    time: float
+    tag: str = ""
+
+
+def _number(text: str, what: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise ValueError(f"{what} is not a number: {text!r}") from None
+    if not math.isfinite(v):
+        raise ValueError(f"{what} is not finite: {text!r}")
+    return v
+
+
+def load_trace(path: str | Path) -> list[TraceTask]:
+    """Read a trace: a header line, then ``taskid -- core -- memory -- virtual_memory -- disk
+    -- time -- average_cores -- tag`` per line. A malformed line raises ValueError naming
+    the file and the line number. Cores are rounded up to whole cores (after Work Queue's
+    de-noise rule), memory and disk up to whole MB; negative values are clamped to 0."""
+    path = Path(path)
+    tasks: list[TraceTask] = []
+    with path.open(encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            text = line.strip()
+            if not text:
+                continue
+            parts = [p.strip() for p in text.split(" -- ")]
+            if lineno == 1 and parts and parts[0].lower() == "taskid":
+                continue
+            try:
+                if len(parts) != len(HEADER):
+                    raise ValueError(
+                        f"expected {len(HEADER)} fields separated by ' -- ' "
+                        f"({' -- '.join(HEADER)}), got {len(parts)}")
+                cores = _number(parts[1], "core")
+                memory = _number(parts[2], "memory")
+                disk = _number(parts[4], "disk")
+                duration = _number(parts[5], "time")
+                if duration < 0:
+                    raise ValueError(f"time must not be negative, got {parts[5]!r}")
+            except ValueError as e:
+                raise ValueError(f"{path}:{lineno}: {e}") from None
+            peak = (denoise_cores(cores), max(0, math.ceil(memory)), max(0, math.ceil(disk)), 0)
+            tasks.append(TraceTask(parts[0], peak, duration, parts[7]))
+    if not tasks:
+        raise ValueError(f"{path}: no tasks in the trace")
+    return tasks
+
+
+def simulate(tasks: Sequence[TraceTask], config: CategoryConfig, machine: Resources,
+             seed: int = 0, *, bucket_cache: dict[tuple[object, ...], Buckets] | None = None,
+             ) -> dict[str, object]:
+    """Run ``tasks`` through one category with ``config`` on ``machine``; return the metrics.
+
+    Per resource (cores, memory, disk): ``allocated`` and ``used``
+    (resource x seconds), ``waste`` = allocated - used, ``efficiency`` = 1 -
+    waste / allocated, and ``mean_task_efficiency`` (per task, used / the sum
+    of its attempts' allocations; 0 for a task that never completed).
+    ``retries`` counts every attempt after a task's first. ``throughput`` is
+    completed tasks per hour if the attempts were packed perfectly by the
+    binding resource: completed / max_r(sum of alloc_r x t / capacity_r).
+    ``bucket_cache`` memoises the bucketing between runs over the same trace.
+    """
+    cat = Category("sim", config, seed, bucket_cache=bucket_cache)
+    cap = _ints(machine)
+    empty = Resources()
+    allocated = [0.0] * 4
+    used = [0.0] * 4
+    task_eff_sum = [0.0] * 4
+    task_eff_n = [0] * 4
+    retries = attempts = completed = failed = unrunnable = 0
+    for key, task in enumerate(tasks):
+        peak = task.peak
+        t = task.time
+        label = Attempt.FIRST
+        before: list[int] | None = None
+        exceeded: list[str] | None = None
+        attempt = 0
+        task_alloc = [0.0] * 4
+        ok = False
+        while True:
+            request = cat.request_for(
+                empty, label, machine, key,
+                None if before is None else Resources._raw(*before),
+                attempt=attempt, exceeded=exceeded)
+            alloc_r = box(request, machine)
+            if alloc_r is None:  # asks for more than the machine: it can never run
+                unrunnable += 1
+                failed += 1
+                cat.forget(key)
+                break
+            alloc = _ints(alloc_r)
+            attempts += 1
+            for r in range(4):
+                a = alloc[r]
+                allocated[r] += a * t
+                task_alloc[r] += a * t
+            over = [r for r in range(4) if peak[r] > alloc[r]]
+            if not over:
+                for r in range(4):
+                    used[r] += peak[r] * t
+                cat.record(Resources._raw(*peak), t, False, task_key=key)
+                completed += 1
+                ok = True
+                break
+            reading = [(alloc[r] + 1 if r in over else peak[r]) for r in range(4)]
+            measured = Resources._raw(*reading)
+            hopeless = any(alloc[r] >= cap[r] for r in over)
+            give_up = hopeless or cat.next_label(empty, measured) is None
+            cat.record(measured, t, True, task_key=key, gave_up=give_up)
+            if give_up:
+                failed += 1
+                unrunnable += hopeless
+                break
+            before = reading if before is None else [
+                max(a, b) for a, b in zip(before, reading, strict=True)]
+            exceeded = [FIELDS[r] for r in over]
+            label = Attempt.MAX
+            attempt += 1
+            retries += 1
+            if attempt >= MAX_ATTEMPTS:
+                raise RuntimeError(
+                    f"task {task.id}: {attempt} attempts without success under mode "
+                    f"{config.mode.value}; the mode does not escalate")
+        for r in range(4):
+            if task_alloc[r] > 0:
+                task_eff_n[r] += 1
+                if ok:
+                    task_eff_sum[r] += peak[r] * t / task_alloc[r]
+    resources: dict[str, dict[str, float]] = {}
+    for r, name in enumerate(FIELDS):
+        if name not in REPORTED:
+            continue
+        waste = allocated[r] - used[r]
+        resources[name] = {
+            "allocated": allocated[r],
+            "used": used[r],
+            "waste": waste,
+            "efficiency": 1.0 - waste / allocated[r] if allocated[r] > 0 else 0.0,
+            "mean_task_efficiency": task_eff_sum[r] / task_eff_n[r] if task_eff_n[r] else 0.0,
+        }
+    busy = max((allocated[r] / cap[r] for r in range(4) if cap[r] > 0), default=0.0)
+    return {
+        "strategy": config.mode.value,
+        "seed": seed,
+        "steady_n": config.steady_n,
+        "machine": dict(zip(FIELDS, cap, strict=True)),
+        "tasks": len(tasks),
+        "completed": completed,
+        "failed": failed,
+        "unrunnable": unrunnable,
+        "attempts": attempts,
+        "retries": retries,
+        "resources": resources,
+        "throughput": completed / busy * 3600.0 if busy > 0 else 0.0,
+    }
+
+
+# ------------------------------------------------------------------------ table
+ALL_MODES = tuple(AllocationMode)
+
+
+def _run_workload(args: tuple[str, tuple[str, ...], tuple[int, ...], tuple[int, ...], int],
+                  ) -> dict[str, tuple[float, float]]:
+    path, mode_names, seeds, machine, steady_n = args
+    tasks = load_trace(path)
+    m = Resources(*machine)
+    out: dict[str, tuple[float, float]] = {}
+    for name in mode_names:
+        mode = AllocationMode(name)
+        cfg = CategoryConfig(mode=mode, steady_n=steady_n)
+        runs = seeds if mode in PROBABILISTIC else seeds[:1]
+        cache: dict[tuple[object, ...], Buckets] = {}
+        effs = []
+        rets = []
+        for s in runs:
+            res = simulate(tasks, cfg, m, s, bucket_cache=cache)
+            mem = res["resources"]
+            assert isinstance(mem, dict)
+            effs.append(mem["memory"]["efficiency"])
+            rets.append(float(res["retries"]))  # type: ignore[arg-type]
+        out[name] = (sum(effs) / len(effs), sum(rets) / len(rets))
+    return out
+
+
+Results = dict[str, dict[str, tuple[float, float]]]
+"""workload -> mode -> (mean memory efficiency, mean retries)."""
+
+
+def table(directory: str | Path, modes: Iterable[AllocationMode] = ALL_MODES,
+          seeds: Sequence[int] = tuple(range(10)), machine: Resources = PHUNG_MACHINE,
+          steady_n: int = 25, jobs: int = 1) -> tuple[str, Results]:
+    """Run every mode on every ``*.txt`` trace in ``directory``; return (Markdown, raw results).
+
+    Probabilistic modes run once per seed and report the mean. The Markdown
+    table has one row per workload and one column per mode: memory
+    efficiency / retries, with the mean over workloads in the last row.
+    """
+    paths = sorted(Path(directory).glob("*.txt"))
+    if not paths:
+        raise ValueError(f"{directory}: no *.txt traces")
+    mode_list = tuple(m.value for m in modes)
+    work = [(str(p), mode_list, tuple(seeds), _ints(machine), steady_n)
+            for p in paths]
+    if jobs > 1:
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(max_workers=jobs) as ex:
+            rows = list(ex.map(_run_workload, work))
+    else:
+        rows = [_run_workload(w) for w in work]
+    results = {p.stem: row for p, row in zip(paths, rows, strict=True)}
+    lines = ["| workload | " + " | ".join(mode_list) + " |",
+             "|---|" + "---|" * len(mode_list)]
+    for name, row in results.items():
+        cells = [f"{row[m][0]:.3f} / {row[m][1]:.0f}" for m in mode_list]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    means = []
+    for m in mode_list:
+        e = sum(r[m][0] for r in results.values()) / len(results)
+        n = sum(r[m][1] for r in results.values()) / len(results)
+        means.append(f"**{e:.3f} / {n:.0f}**")
+    lines.append("| **mean** | " + " | ".join(means) + " |")
+    return "\n".join(lines) + "\n", results
+
+
+# ------------------------------------------------------------------------ CLI
+def _machine(text: str) -> Resources:
+    parts = text.split(",")
+    if len(parts) not in (3, 4):
+        raise argparse.ArgumentTypeError(
+            f"expected CORES,MEMORY_MB,DISK_MB[,GPUS], e.g. 16,64000,64000; got {text!r}")
+    try:
+        vals = [int(p) for p in parts]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"machine sizes must be whole numbers: {text!r}") \
+            from None
+    if any(v < 0 for v in vals) or vals[0] < 1:
+        raise argparse.ArgumentTypeError(f"machine needs >= 1 core and no negatives: {text!r}")
+    return Resources(*vals)
+
+
+def _mode(text: str) -> AllocationMode:
+    try:
+        return AllocationMode.parse(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _modes(text: str) -> tuple[AllocationMode, ...]:
+    return tuple(_mode(t) for t in text.split(",") if t.strip())
+
+
+def _positive(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {v}")
+    return v
+
+
+def build_parser(prog: str = "packmule sim alloc") -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog=prog,
+        description=(
+            "Simulate an allocation mode on a task-resource trace (one machine, tasks in "
+            "order, failed attempts charged in full) and print the metrics as JSON. With "
+            "--table DIR, run every mode on every trace in DIR and print a Markdown table "
+            "of memory efficiency / retries. Exit codes: 0 done, 2 bad command line or trace."
+        ),
+    )
+    p.add_argument("--workload", metavar="FILE", help="trace file (taskid -- core -- ...)")
+    p.add_argument("--strategy", type=_mode, metavar="MODE",
+                   help="allocation mode: " + ", ".join(m.value for m in AllocationMode))
+    p.add_argument("--machine", type=_machine, default=PHUNG_MACHINE,
+                   metavar="CORES,MEMORY,DISK[,GPUS]",
+                   help="the machine (largest worker); default 16,64000,64000")
+    p.add_argument("--seed", type=int, default=0, help="seed of the probabilistic modes")
+    p.add_argument("--steady-n", type=_positive, default=25, metavar="N",
+                   help="Work Queue's category-steady-n-tasks (default 25)")
+    p.add_argument("--table", metavar="DIR",
+                   help="run every mode on every *.txt trace in DIR (seeds 0..9)")
+    p.add_argument("--seeds", type=_positive, default=10, metavar="K",
+                   help="with --table: seeds 0..K-1 for the probabilistic modes (default 10)")
+    p.add_argument("--modes", type=_modes, default=ALL_MODES, metavar="M1,M2,...",
+                   help="with --table: the modes to run (default: all)")
+    p.add_argument("--jobs", type=_positive, default=1, metavar="J",
+                   help="with --table: worker processes (default 1)")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``packmule sim alloc`` (also ``python -m packmule.sim.alloc``)."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:
+        return int(e.code) if isinstance(e.code, int) else 2
+    if args.table:
+        started = _time.perf_counter()
+        try:
+            text, _ = table(args.table, modes=args.modes, seeds=tuple(range(args.seeds)),
+                            machine=args.machine, steady_n=args.steady_n, jobs=args.jobs)
+        except (OSError, ValueError) as e:
+            print(f"packmule sim alloc: {e}", file=sys.stderr)
+            return 2
+        sys.stdout.write(text)
+        print(f"({_time.perf_counter() - started:.0f} s)", file=sys.stderr)
+        return 0
+    if not args.workload or args.strategy is None:
+        parser.print_usage(sys.stderr)
+        print("packmule sim alloc: --workload and --strategy are required (or --table DIR)",
+              file=sys.stderr)
+        return 2
+    try:
+        tasks = load_trace(args.workload)
+        config = CategoryConfig(mode=args.strategy, steady_n=args.steady_n)
+    except (OSError, ValueError) as e:
+        print(f"packmule sim alloc: {e}", file=sys.stderr)
+        return 2
+    result = simulate(tasks, config, args.machine, args.seed)
+    result = {"workload": str(args.workload), **result}
+    json.dump(result, sys.stdout, indent=2)
+    sys.stdout.write("\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
