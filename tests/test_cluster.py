@@ -482,3 +482,30 @@ def test_runners_are_reused_only_for_the_same_cores_and_gpus(cluster: ClusterFac
         assert {t for _, t in one} == {"1"} and two[1] == "2"
         assert two[0] not in {p for p, _ in one}
         assert again[0] in {p for p, _ in one}
+
+
+def test_a_dead_idle_runner_is_replaced(cluster: ClusterFactory) -> None:
+    import psutil
+
+    with cluster(1, cores=1) as mgr:
+        assert mgr.submit(PythonTask(len, "a")).result(timeout=30) == 1
+        worker = psutil.Process(mgr.worker_processes[0].pid)  # type: ignore[attr-defined]
+        runners = worker.children()
+        assert runners
+        for r in runners:
+            r.kill()
+        psutil.wait_procs(runners, timeout=10)
+        assert mgr.submit(PythonTask(len, "ab")).result(timeout=30) == 2
+        assert mgr.stats().workers == 1
+
+
+def test_callbacks_may_ask_the_manager_for_stats(cluster: ClusterFactory) -> None:
+    with cluster(1) as mgr:
+        seen: list[int] = []
+        fut = mgr.submit(PythonTask(len, "abc"))
+        fut.add_done_callback(lambda _f: seen.append(mgr.stats().tasks_succeeded))
+        assert fut.result(timeout=30) == 3
+        wait_until(lambda: seen, timeout=5)
+        mgr.shutdown()
+        with pytest.raises(RuntimeError, match="shut down"):
+            mgr.submit(PythonTask(len, "x"))

@@ -266,8 +266,8 @@ class ManagerState:
         used = Resources(**fields)
         t.exhaustions += 1
         at_most = all((getattr(had, r) or 0) >= (getattr(self._largest, r) or 0) for r in exceeded)
-        give_up = bool(cat.exceeds_explicit_limit(t.request, used) or (exceeded and at_most)
-                       or t.exhaustions > MAX_EXHAUSTIONS)
+        over_explicit = [r for r in cat.exceeds_explicit_limit(t.request, used) if r in exceeded]
+        give_up = bool(over_explicit or (exceeded and at_most) or t.exhaustions > MAX_EXHAUSTIONS)
         cat.record(used, wall_time, True, cores=cores, task_key=t.id, gave_up=give_up)
         if give_up:
             self._move(t, TaskState.DONE, now, f"exceeded {', '.join(exceeded)}")
@@ -329,7 +329,6 @@ class ManagerState:
         if w is None:
             return []
         self._largest = self.largest_worker()
-        w.state = WorkerState.LOST
         out = []
         for tid in list(w.running):
             t = self.tasks[tid]

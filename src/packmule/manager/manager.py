@@ -146,7 +146,7 @@ class Manager:
         self._core = ManagerState(validate=validate, default_category=default_category)
         #: One JSON object per finished attempt: what it asked for, got and used.
         self.task_log = self.run_dir / "tasks.jsonl"
-        self._task_log = self.task_log.open("a", buffering=1 << 16)
+        self._task_log_failed = False
         self._tasks: dict[int, Task] = {}
         self._payloads: dict[int, bytes] = {}
         self._future_ids: dict[Future[Any], int] = {}
@@ -192,8 +192,11 @@ class Manager:
                 "Choose another port, or port=0 for any free one.",
             ) from None
         self.host = host
+        self._task_log = self.task_log.open("a", buffering=1 << 16)
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+        self._post_lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name="packmule-manager", daemon=True)
         self._thread.start()
         log.info("manager listening on %s:%d (run dir %s)", host, self.port, self.run_dir)
@@ -211,8 +214,6 @@ class Manager:
         Never blocks on the cluster. A call that cannot be pickled, or an
         input file that does not exist, fails the returned future at once.
         """
-        if self._closed:
-            raise RuntimeError("the manager has been shut down; create a new Manager")
         if not isinstance(task, Task):
             raise TypeError(
                 f"submit() takes a packmule Task or PythonTask, got {type(task).__name__}"
@@ -235,10 +236,13 @@ class Manager:
         except Exception as exc:
             fut.set_exception(exc)
             return fut
-        with self._unfinished_cv:
-            self._unfinished[task.id] = task
-        fut.add_done_callback(self._on_future_done)
-        self._post("submit", (task, payload))
+        with self._post_lock:
+            if self._closed:
+                raise RuntimeError("the manager has been shut down; create a new Manager")
+            with self._unfinished_cv:
+                self._unfinished[task.id] = task
+            fut.add_done_callback(self._on_future_done)
+            self._post("submit", (task, payload))
         return fut
 
     def _on_future_done(self, fut: Future[Any]) -> None:
@@ -311,10 +315,11 @@ class Manager:
 
     def shutdown(self, wait: bool = True) -> None:
         """Stop the manager: tell workers to exit (``shutdown_workers``), fail unfinished tasks."""
-        if self._closed:
-            return
-        self._closed = True
-        self._post("stop", None)
+        with self._post_lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._post("stop", None)
         if wait:
             self._thread.join()
 
@@ -325,6 +330,8 @@ class Manager:
         self.shutdown()
 
     def _call(self, fn: Callable[[], Any]) -> Any:
+        if threading.current_thread() is self._thread:  # e.g. from a future's callback
+            return fn()
         fut: Future[Any] = Future()
         if not self._thread.is_alive():
             raise RuntimeError("the manager is not running")
@@ -333,9 +340,9 @@ class Manager:
 
     def _post(self, kind: str, arg: Any) -> None:
         self._inbox.append((kind, arg))
-        # A full pipe means the loop is already awake; a closed one that it stopped.
-        with contextlib.suppress(OSError):
-            os.write(self._wake_w, b"x")
+        if self._wake_w >= 0:  # -1 once the loop has stopped
+            with contextlib.suppress(OSError):  # a full pipe: the loop is awake already
+                os.write(self._wake_w, b"x")
 
     # ================================================================ the I/O loop
     def _run(self) -> None:
@@ -487,7 +494,14 @@ class Manager:
             self._core.seen(wid, now)
             if isinstance(msg, m.Results):
                 for r in msg.results:
-                    self._result(wid, r, now)
+                    try:
+                        self._result(wid, r, now)
+                    except Exception as exc:
+                        log.error("worker %s sent a result this manager cannot use (%s: %s); "
+                                  "disconnecting it", wid, type(exc).__name__, exc)
+                        self._reject(identity, f"bad result: {exc}")
+                        self._lose_worker(wid, now, "sent a bad result")
+                        break
             elif isinstance(msg, m.Goodbye):
                 self._lose_worker(wid, now, f"worker left: {msg.reason}")
 
@@ -738,7 +752,12 @@ class Manager:
             "measured": r.measured, "exceeded": r.exceeded,
             "worker": wid, "host": conn.hostname if conn else None, "time": time.time(),
         }
-        self._task_log.write(json.dumps(record) + "\n")
+        try:
+            self._task_log.write(json.dumps(record) + "\n")
+        except (OSError, ValueError) as exc:
+            if not self._task_log_failed:
+                log.error("cannot write the task log %s: %s (logged once)", self.task_log, exc)
+            self._task_log_failed = True
 
     def _mark_finished(self, task: Task) -> None:
         with self._unfinished_cv:
@@ -761,11 +780,14 @@ class Manager:
             return
         by_worker: dict[str, list[m.TaskSpec]] = collections.defaultdict(list)
         for a in assignments:
+            if a.worker not in self._conns:
+                continue  # lost during this pass: the core has requeued the task
             spec = self._spec(a, now)
             if spec is not None:
                 by_worker[a.worker].append(spec)
         for wid, specs in by_worker.items():
-            self._send(wid, m.Dispatch(specs))
+            if wid in self._conns:
+                self._send(wid, m.Dispatch(specs))
 
     def _spec(self, a: Assignment, now: float) -> m.TaskSpec | None:
         task = self._tasks[a.task_id]
@@ -778,7 +800,9 @@ class Manager:
                 if f.cache:
                     name = cache_name(f.local_path)
                     if name not in conn.cached:
-                        self._send(a.worker, m.PutFile(name, Path(f.local_path).read_bytes()))
+                        data = Path(f.local_path).read_bytes()
+                        if not self._send(a.worker, m.PutFile(name, data)):
+                            return None  # the worker is gone; its tasks were requeued
                         self._counters["files_sent"] += 1
                         conn.cached.add(name)
                     inputs.append(m.InputFile(f.sandbox_name, name, b""))
@@ -823,9 +847,25 @@ class Manager:
             )
         self._close_sockets()
         self._task_log.close()
-        for fd in (self._wake_r, self._wake_w):
+        with self._post_lock:
+            self._closed = True
+            wake_r, wake_w = self._wake_r, self._wake_w
+            self._wake_r = self._wake_w = -1
+            left = list(self._inbox)
+            self._inbox.clear()
+        for fd in (wake_r, wake_w):
             with contextlib.suppress(OSError):
                 os.close(fd)
+        for kind, arg in left:  # posted while the loop was stopping
+            if kind == "submit":
+                task = arg[0]
+                with contextlib.suppress(Exception):
+                    task.future.set_exception(TaskCancelled(
+                        f"task {task.id} was submitted while the manager shut down", task.id))
+                self._mark_finished(task)
+            elif kind == "call":
+                with contextlib.suppress(Exception):
+                    arg[1].set_exception(RuntimeError("the manager has shut down"))
 
     def _close_sockets(self) -> None:
         self._router.disable_monitor()

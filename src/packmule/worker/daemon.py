@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any
 
 import msgpack
-import psutil
 import zmq
 
 from .._version import __version__
@@ -146,9 +145,11 @@ class Running:
     started: float
     deadline: float | None
     sampler: TreeSampler
-    baseline: int  # the runner's resident set before the task (bytes), not the task's
-    oom_kills: int  # the runner cgroup's OOM-kill count before the task
+    oom_kills: int  # the runner cgroup's OOM-kill count before the task (-1: not read)
     next_disk: float
+    #: The runner's resident set once the call is unpickled (bytes): the task's
+    #: memory is measured from here. None until the runner says it started.
+    baseline: int | None = None
     peak_disk: int = 0
     fd: int = -1  # the runner connection's descriptor, registered with the poller
 
@@ -291,7 +292,8 @@ class Worker:
     # ------------------------------------------------------------ one session
     def _session(self) -> tuple[bool, _SessionEnd]:
         """One connection to the manager. Returns (handshake completed, why it ended)."""
-        self.workspace.mkdir(parents=True, exist_ok=True)
+        self.workspace.parent.mkdir(parents=True, exist_ok=True)
+        self.workspace.mkdir(mode=0o700, exist_ok=True)  # task data: owner only
         (self.workspace / "cache").mkdir(exist_ok=True)
         ctx = zmq.Context()
         sock = ctx.socket(zmq.DEALER)
@@ -321,7 +323,13 @@ class Worker:
                     os.getpid(), {k: int(v or 0) for k, v in self.size.as_dict().items()},
                 )
             )
-            self._loop()
+            try:
+                self._loop()
+            except (_SessionEnd, zmq.ContextTerminated):
+                raise
+            except Exception as exc:
+                log.exception("worker failure; reconnecting with a clean slate")
+                raise _SessionEnd(None, f"internal error: {type(exc).__name__}: {exc}") from exc
         except _SessionEnd as end:
             if end.code is not None and self.welcomed:
                 with contextlib.suppress(zmq.ZMQError):
@@ -412,8 +420,10 @@ class Worker:
             for fd, key in list(by_fd.items()):
                 if fd in events:
                     run = self.running[key]
-                    self._drop(run, poller, by_fd)
-                    results.append(self._collect(run))
+                    ended = self._read_runner(run)
+                    if ended is not None:
+                        self._drop(run, poller, by_fd)
+                        results.append(ended)
             for run in list(self.running.values()):
                 if now >= run.wake_at():
                     ended = self._watch(run, now)
@@ -495,8 +505,10 @@ class Worker:
                   cgroup_peak: int = 0) -> dict[str, float]:
         """The task's measurements: the best of the kernel's figures and the samples."""
         reply = reply or {}
-        memory = max(int(reply.get("peak_rss", 0)), run.sampler.peak_rss - run.baseline,
-                     cgroup_peak - run.baseline, 0)
+        memory = int(reply.get("peak_rss", 0))
+        if run.baseline is not None:  # samples count only once the call is unpickled
+            memory = max(memory, run.sampler.peak_rss - run.baseline,
+                         cgroup_peak - run.baseline)
         cpu = float(reply.get("cpu_time", 0.0))
         run.peak_disk = max(run.peak_disk, tree_size(run.sandbox))
         return {
@@ -516,8 +528,9 @@ class Worker:
             run.runner.kill()
             return self._result(run, m.TaskStatus.TIMEOUT, f"killed after {run.spec.timeout:g} s")
         if now >= run.sampler.next_at:
-            used = run.sampler.sample(now) - run.baseline
-            if run.memory_limit and run.runner.cgroup is None and used > run.memory_limit:
+            used = run.sampler.sample(now) - (run.baseline or 0)
+            if (run.memory_limit and run.runner.cgroup is None and run.baseline is not None
+                    and used > run.memory_limit):
                 measured = self._measured(run, now - run.started)
                 run.runner.kill()
                 return self._result(run, m.TaskStatus.EXHAUSTED, _over("memory", used,
@@ -547,36 +560,54 @@ class Worker:
         cores = str(max(1, alloc.cores or 0))
         gpus = [self.free_gpus.pop(0) for _ in range(alloc.gpus or 0)]
         runner = self._runner_for((cores, ",".join(gpus)))
-        sandbox = runner.sandbox
         try:
-            for name in spec.outputs:
-                if "/" in name:
-                    (sandbox / name).parent.mkdir(parents=True, exist_ok=True)
-            for f in spec.inputs:
-                dest = sandbox / f.remote_name
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                if f.cache_name:
-                    src = self.workspace / "cache" / f.cache_name
-                    try:
-                        os.link(src, dest)
-                    except OSError:
-                        shutil.copyfile(src, dest)
-                else:
-                    dest.write_bytes(f.data)
+            self._prepare(spec, runner.sandbox)
         except OSError as exc:
             self._recycle(runner)
             self.free_gpus = [g for g in self.gpu_ids if g in self.free_gpus or g in gpus]
             return self._reply(spec, m.TaskStatus.SETUP_ERROR, f"cannot prepare sandbox: {exc}")
+        try:
+            run = self._launch(spec, runner, alloc, cores, gpus, now)
+        except OSError:
+            # The runner died while idle (say, the OOM killer): one fresh try.
+            runner.kill()
+            runner = self._runner_for((cores, ",".join(gpus)))
+            try:
+                self._prepare(spec, runner.sandbox)
+                run = self._launch(spec, runner, alloc, cores, gpus, now)
+            except OSError as exc:
+                runner.kill()
+                self.free_gpus = [g for g in self.gpu_ids if g in self.free_gpus or g in gpus]
+                return self._reply(spec, m.TaskStatus.CRASHED, f"cannot start a runner: {exc}")
         self.free = self.free - alloc
-        baseline, oom_kills = 0, 0
-        if alloc.memory:
-            with contextlib.suppress(psutil.Error):
-                baseline = psutil.Process(runner.proc.pid).memory_info().rss
-            if runner.cgroup is not None:
-                runner.cgroup.set_limit(-(-baseline // MB) + alloc.memory)
-                oom_kills = runner.cgroup.oom_kills()
-        elif runner.cgroup is not None:
-            runner.cgroup.set_limit(None)
+        self.running[(spec.task_id, spec.attempt)] = run
+        return run
+
+    def _prepare(self, spec: m.TaskSpec, sandbox: Path) -> None:
+        """Put the task's input files in its sandbox."""
+        for name in spec.outputs:
+            if "/" in name:
+                (sandbox / name).parent.mkdir(parents=True, exist_ok=True)
+        for f in spec.inputs:
+            dest = sandbox / f.remote_name
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            if f.cache_name:
+                src = self.workspace / "cache" / f.cache_name
+                try:
+                    os.link(src, dest)
+                except OSError:
+                    shutil.copyfile(src, dest)
+            else:
+                dest.write_bytes(f.data)
+
+    def _launch(self, spec: m.TaskSpec, runner: Runner, alloc: Resources, cores: str,
+                gpus: list[str], now: float) -> Running:
+        """Hand the task to the runner (raises OSError if the runner is dead)."""
+        oom_kills = -1
+        if runner.cgroup is not None and alloc.memory:
+            runner.cgroup.set_limit(None)  # until the runner reports its baseline
+            oom_kills = runner.cgroup.oom_kills()
+        sandbox = runner.sandbox
         env = {
             **spec.env,
             "CORES": cores, "OMP_NUM_THREADS": cores, "OPENBLAS_NUM_THREADS": cores,
@@ -588,15 +619,13 @@ class Worker:
             "PACKMULE_RADIO_DIR": str(runner.radio),
         }
         io = runner.io
-        run = Running(spec, runner, alloc, gpus, now,
-                      now + spec.timeout if spec.timeout > 0 else None,
-                      TreeSampler(runner.proc.pid, now), baseline, oom_kills,
-                      now + DISK_INTERVAL, fd=runner.conn.fileno())
         req = {"kind": spec.kind, "payload": spec.payload, "command": spec.command,
                "sandbox": str(sandbox), "env": env, "stdout": io[0], "stderr": io[1]}
         runner.conn.send_bytes(msgpack.packb(req, use_bin_type=True))
-        self.running[(spec.task_id, spec.attempt)] = run
-        return run
+        return Running(spec, runner, alloc, gpus, now,
+                       now + spec.timeout if spec.timeout > 0 else None,
+                       TreeSampler(runner.proc.pid, now), oom_kills,
+                       now + DISK_INTERVAL, fd=runner.conn.fileno())
 
     def _drop(self, run: Running, poller: zmq.Poller, by_fd: dict[int, tuple[int, int]]) -> None:
         """Forget a running task and give back its resources."""
@@ -620,36 +649,57 @@ class Worker:
     def _oom_killed(self, run: Running) -> tuple[bool, int]:
         """(whether the cgroup's OOM killer struck during the task, the cgroup's peak)."""
         cg = run.runner.cgroup
-        if cg is None or not run.memory_limit:
+        if cg is None or run.oom_kills < 0:
             return False, 0
         try:
             return cg.oom_kills() > run.oom_kills, cg.peak()
         except OSError:
             return False, 0
 
-    def _collect(self, run: Running) -> m.TaskResult:
-        """Read a runner's reply and build the task's result."""
-        try:
-            reply = msgpack.unpackb(run.runner.conn.recv_bytes(), raw=False)
-        except (EOFError, OSError):
-            oom, peak = self._oom_killed(run)
-            wall = time.monotonic() - run.started
-            measured = self._measured(run, wall, cgroup_peak=peak)
-            run.runner.kill()
-            if oom:
-                return self._oom_result(run, measured)
-            code = run.runner.proc.returncode
-            how = (f"signal {signal.Signals(-code).name}" if code is not None and code < 0
-                   else f"exit code {code}")
-            return self._result(
-                run, m.TaskStatus.CRASHED,
-                f"the process running the task died ({how}) on {self.hostname}. It may have run "
-                "out of memory or crashed in native code.",
-            )
-        status = m.TaskStatus(reply["status"])
+    def _read_runner(self, run: Running) -> m.TaskResult | None:
+        """Handle what a runner sent: its start notice (None), or the task's end."""
+        conn = run.runner.conn
+        while True:
+            try:
+                reply = msgpack.unpackb(conn.recv_bytes(), raw=False)
+            except (EOFError, OSError):
+                return self._runner_died(run)
+            if "started" not in reply:
+                return self._finished(run, reply)
+            run.baseline = int(reply["started"])
+            if run.runner.cgroup is not None and run.memory_limit:
+                try:
+                    run.runner.cgroup.set_limit(-(-run.baseline // MB) + (run.alloc.memory or 0))
+                except OSError:  # EBUSY: the group already holds more than the limit
+                    measured = self._measured(run, time.monotonic() - run.started)
+                    run.runner.kill()
+                    return self._oom_result(run, measured)
+            if not conn.poll(0):
+                return None
+
+    def _runner_died(self, run: Running) -> m.TaskResult:
         oom, peak = self._oom_killed(run)
+        wall = time.monotonic() - run.started
+        measured = self._measured(run, wall, cgroup_peak=peak)
+        run.runner.kill()
+        if oom:
+            return self._oom_result(run, measured)
+        code = run.runner.proc.returncode
+        how = (f"signal {signal.Signals(-code).name}" if code is not None and code < 0
+               else f"exit code {code}")
+        return self._result(
+            run, m.TaskStatus.CRASHED,
+            f"the process running the task died ({how}) on {self.hostname}. It may have run "
+            "out of memory or crashed in native code.",
+        )
+
+    def _finished(self, run: Running, reply: dict[str, Any]) -> m.TaskResult:
+        """Build a finished task's result from the runner's reply."""
+        status = m.TaskStatus(reply["status"])
+        # A shell task's child killed by the cgroup: the runner lives on.
+        oom, peak = self._oom_killed(run) if reply["exit_code"] == -9 else (False, 0)
         measured = self._measured(run, reply["wall_time"], reply, cgroup_peak=peak if oom else 0)
-        if oom:  # a shell task's child was killed; the runner lives on
+        if oom:
             self._recycle(run.runner)
             return self._oom_result(run, measured)
         outputs: dict[str, bytes] = {}

@@ -12,7 +12,8 @@ Two sources are combined, because each misses something:
   for peak cores. The schedule is fast at first and backs off: samples at
   10 ms, 20 ms, 40 ms ... doubling up to one per second, then every second
   (:data:`FIRST_SAMPLE`, :data:`MAX_SAMPLE_INTERVAL`), so short tasks cost
-  nothing and long ones little.
+  nothing and long ones little. Peak cores is taken over windows of at
+  least :data:`CORES_WINDOW` (CPU times tick in 10 ms steps).
 
 A memory limit is enforced by the cgroup when there is one (the kernel kills
 the task the moment it goes over), else by the sampler (checked at every
@@ -32,6 +33,8 @@ MB = 1 << 20
 FIRST_SAMPLE = 0.01
 MAX_SAMPLE_INTERVAL = 1.0
 DISK_INTERVAL = 2.0
+#: Peak cores is CPU time over wall time in windows of at least this many seconds.
+CORES_WINDOW = 1.0
 
 
 class TreeSampler:
@@ -45,17 +48,17 @@ class TreeSampler:
         self.peak_rss = 0
         self.peak_cores = 0.0
         self._last: tuple[float, float] | None = None  # (time, cpu seconds)
-        try:
-            self._root: psutil.Process | None = psutil.Process(pid)
-        except psutil.Error:
-            self._root = None
+        self._root: psutil.Process | None = None  # made at the first sample: most tasks end sooner
 
     def sample(self, now: float) -> int:
         """Take one sample; returns the tree's resident set in bytes."""
         self.next_at = now + self.interval
         self.interval = min(MAX_SAMPLE_INTERVAL, self.interval * 2)
         if self._root is None:
-            return 0
+            try:
+                self._root = psutil.Process(self.pid)
+            except psutil.Error:
+                return 0
         rss, cpu = 0, 0.0
         try:
             procs = [self._root, *self._root.children(recursive=True)]
@@ -67,9 +70,12 @@ class TreeSampler:
                 t = p.cpu_times()
                 cpu += t.user + t.system + t.children_user + t.children_system
         self.peak_rss = max(self.peak_rss, rss)
-        if self._last is not None and now > self._last[0]:
+        # CPU times tick in 10 ms steps: only a window of a second or more gives cores.
+        if self._last is None:
+            self._last = (now, cpu)
+        elif now - self._last[0] >= CORES_WINDOW:
             self.peak_cores = max(self.peak_cores, (cpu - self._last[1]) / (now - self._last[0]))
-        self._last = (now, cpu)
+            self._last = (now, cpu)
         return rss
 
 
@@ -93,6 +99,7 @@ class MemoryCgroup:
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self._limit: int | None = -1  # unknown: the first set_limit always writes
 
     def _write(self, name: str, value: str) -> None:
         (self.path / name).write_text(value)
@@ -105,8 +112,11 @@ class MemoryCgroup:
 
     def set_limit(self, mb: int | None) -> None:
         """Limit the group to ``mb`` MB (None: no limit); resets the peak."""
+        if mb == self._limit:
+            return
         self._write("memory.limit_in_bytes", "-1" if not mb else str(mb * MB))
         self._write("memory.max_usage_in_bytes", "0")
+        self._limit = mb
 
     def peak(self) -> int:
         """Bytes: the highest usage since the last :meth:`set_limit`."""

@@ -20,6 +20,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -44,10 +45,11 @@ def _read_capped(path: str) -> bytes:
         return b""
 
 
-def run_python(payload: bytes) -> tuple[str, bytes]:
-    """Call the pickled function; returns (status, pickled value or exception)."""
+def unpickle_call(payload: bytes) -> tuple[Any, ...] | bytes:
+    """(fn, args, kwargs), or a pickled SerializationError saying why not."""
     try:
-        fn, args, kwargs = loads(payload)
+        call: tuple[Any, ...] = loads(payload)
+        return call
     except Exception as exc:
         problem = SerializationError(
             f"the worker cannot unpickle the task's call: {type(exc).__name__}: {exc}. Whatever "
@@ -55,7 +57,12 @@ def run_python(payload: bytes) -> tuple[str, bytes]:
             "(install it there, or put it on the worker's PYTHONPATH)."
         )
         problem.__cause__ = exc
-        return "exception", dumps_exception(problem)
+        return dumps_exception(problem)
+
+
+def run_python(call: tuple[Any, ...]) -> tuple[str, bytes]:
+    """Call the function; returns (status, pickled value or exception)."""
+    fn, args, kwargs = call
     try:
         value = fn(*args, **kwargs)
     except BaseException as exc:  # SystemExit or KeyboardInterrupt in a task: not the runner's
@@ -110,12 +117,19 @@ def run_shell(command: str, sandbox: str, env: dict[str, str], out_path: str,
     return proc.returncode, usage.ru_maxrss * 1024, usage.ru_utime + usage.ru_stime
 
 
-def execute(req: dict[str, Any]) -> dict[str, Any]:
-    """Run one task as described by the worker's request, and measure it."""
+def execute(req: dict[str, Any], started: Callable[[int], None]) -> dict[str, Any]:
+    """Run one task as described by the worker's request, and measure it.
+
+    The call is unpickled first, so the modules it imports into this warm
+    interpreter are not billed to the task; then ``started`` gets the
+    runner's resident set, the baseline the task's memory is measured from.
+    """
     sandbox, env = req["sandbox"], req["env"]
     out_path, err_path = req["stdout"], req["stderr"]
+    call = unpickle_call(req["payload"]) if req["kind"] == "python" else ()
     _reset_peak_rss()
     baseline = _rss()[0]
+    started(baseline)
     io_before = _io()
     cpu_before = time.process_time()
     start = time.perf_counter()
@@ -140,7 +154,10 @@ def execute(req: dict[str, Any]) -> dict[str, Any]:
         os.close(err_fd)
         try:
             os.chdir(sandbox)
-            status, value = run_python(req["payload"])
+            if isinstance(call, bytes):
+                status, value = "exception", call
+            else:
+                status, value = run_python(call)
         finally:
             try:
                 sys.stdout.flush()
@@ -196,12 +213,16 @@ def main() -> None:
     # A task's output must not go to the worker's terminal between tasks either.
     devnull = os.open(os.devnull, os.O_RDWR)
     os.dup2(devnull, 0)
+
+    def started(baseline: int) -> None:
+        conn.send_bytes(msgpack.packb({"started": baseline}))
+
     while True:
         try:
             data = conn.recv_bytes()
         except (EOFError, OSError):
             return
-        reply = execute(msgpack.unpackb(data, raw=False))
+        reply = execute(msgpack.unpackb(data, raw=False), started)
         conn.send_bytes(msgpack.packb(reply, use_bin_type=True))
 
 
