@@ -7,17 +7,21 @@ Parsl provider; tasks are packed onto them by their resource specification.
 
 from __future__ import annotations
 
+import collections
 import functools
 import logging
 import os
+import pickle
 import shlex
 import sys
 import threading
+import weakref
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
+import cloudpickle
 from parsl.app.errors import RemoteExceptionWrapper
 from parsl.data_provider.files import File as ParslFile
 from parsl.data_provider.staging import Staging
@@ -30,6 +34,7 @@ from parsl.utils import RepresentationMixin
 
 from .. import File, Manager, PythonTask
 from ..core.categories import AllocationMode, CategoryConfig
+from ..errors import SerializationError
 from ..protocol.security import read_password_file, write_new_password_file
 from .radio import PackmuleRadio, PackmuleRadioReceiver
 from .spec import parse_spec
@@ -39,20 +44,48 @@ log = logging.getLogger("packmule.parsl")
 _LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
-def run_parsl_function(
-    fn: Callable[..., Any], args: Sequence[Any], kwargs: dict[str, Any]
-) -> Any:
+@functools.lru_cache(maxsize=64)
+def _load_function(blob: bytes) -> Callable[..., Any]:
+    fn: Callable[..., Any] = pickle.loads(blob)
+    return fn
+
+
+def run_parsl_function(fn_blob: bytes, args: Sequence[Any], kwargs: dict[str, Any]) -> Any:
     """Run a Parsl app's function on the worker, the way Parsl's own workers do.
 
+    The function arrives pickled on its own and is unpickled once per runner.
     The app's exceptions come back wrapped (Parsl unwraps and re-raises them),
     so only infrastructure failures count against packmule's own retries.
     """
+    fn = _load_function(fn_blob)
     try:
         return fn(*args, **kwargs)
     except Exception:
         exc_type, exc, tb = sys.exc_info()
         assert exc_type is not None and exc is not None
         return RemoteExceptionWrapper(exc_type, exc, tb)
+
+
+class _PickledFunctions:
+    """Each app's function pickled once, not once per call (Parsl reuses the object)."""
+
+    def __init__(self, size: int = 256) -> None:
+        self.size = size
+        self._cache: collections.OrderedDict[int, tuple[Any, bytes]] = collections.OrderedDict()
+
+    def dumps(self, fn: Callable[..., Any]) -> bytes:
+        hit = self._cache.get(id(fn))
+        if hit is not None and hit[0]() is fn:
+            return hit[1]
+        data: bytes = cloudpickle.dumps(fn, protocol=pickle.HIGHEST_PROTOCOL)
+        try:
+            ref = weakref.ref(fn)
+        except TypeError:  # not weakly referenceable: do not cache
+            return data
+        self._cache[id(fn)] = (ref, data)
+        if len(self._cache) > self.size:
+            self._cache.popitem(last=False)
+        return data
 
 
 def _staged_path(f: ParslFile) -> str | None:
@@ -174,6 +207,7 @@ class WorkQueueExecutor(BlockProviderExecutor, RepresentationMixin):
         self.remote_monitoring_radio = remote_monitoring_radio or PackmuleRadio()
         self.manager: Manager | None = None
         self._outstanding_lock = threading.Lock()
+        self._functions = _PickledFunctions()
         self._outstanding_cores: dict[int, int] = {}
 
     # ------------------------------------------------------------ lifecycle
@@ -236,8 +270,14 @@ class WorkQueueExecutor(BlockProviderExecutor, RepresentationMixin):
         inputs, outputs = ([], []) if self.shared_fs else self._staging(args, kwargs)
         category = spec.category or (getattr(func, "__name__", "parsl-default")
                                      if self.autocategory else "parsl-default")
+        try:
+            blob = self._functions.dumps(func)
+        except Exception as exc:
+            raise SerializationError(
+                f"cannot send {getattr(func, '__name__', func)!r} to workers: {exc}"
+            ) from exc
         task = PythonTask(
-            run_parsl_function, func, args, kwargs,
+            run_parsl_function, blob, args, kwargs,
             resources=spec.resources, category=category, priority=spec.priority,
             max_retries=self.max_retries, env=self.env,
             input_files=inputs, output_files=outputs,

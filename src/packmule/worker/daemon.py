@@ -89,15 +89,13 @@ class Runner:
     #: only takes tasks with the same settings afterwards.
     settings: tuple[str, str] | None = None
 
-    @property
-    def io(self) -> tuple[str, str]:
-        """Where the runner captures a task's stdout and stderr."""
-        return f"{self.sandbox}.out", f"{self.sandbox}.err"
-
-    @property
-    def radio(self) -> Path:
-        """Where tasks may leave monitoring messages for the manager (``$PACKMULE_RADIO_DIR``)."""
-        return self.sandbox.with_name(self.sandbox.name + ".radio")
+    def __post_init__(self) -> None:
+        # Paths as strings, made once: they are used for every task.
+        self.sandbox_str = str(self.sandbox)
+        #: Where the runner captures a task's stdout and stderr.
+        self.io = (self.sandbox_str + ".out", self.sandbox_str + ".err")
+        #: Where tasks may leave monitoring messages for the manager ($PACKMULE_RADIO_DIR).
+        self.radio = self.sandbox_str + ".radio"
 
     def take_messages(self) -> list[bytes]:
         """The complete messages the last task left, removed from the radio directory."""
@@ -112,7 +110,7 @@ class Runner:
 
     def clear_sandbox(self) -> None:
         """Empty the sandbox for the next task (cheaper than a new directory)."""
-        with os.scandir(self.sandbox) as entries:
+        with os.scandir(self.sandbox_str) as entries:
             for e in entries:
                 if e.is_dir(follow_symlinks=False):
                     shutil.rmtree(e.path, ignore_errors=True)
@@ -177,7 +175,7 @@ class Running:
 
 def _spawn_runner(sandbox: Path, cgroups: CgroupRoot | None) -> Runner:
     sandbox.mkdir()
-    sandbox.with_name(sandbox.name + ".radio").mkdir()
+    Path(str(sandbox) + ".radio").mkdir()
     parent, child = socket.socketpair()
     proc = subprocess.Popen(
         [sys.executable, "-m", "packmule.worker.runner", str(child.fileno())],
@@ -510,7 +508,7 @@ class Worker:
             memory = max(memory, run.sampler.peak_rss - run.baseline,
                          cgroup_peak - run.baseline)
         cpu = float(reply.get("cpu_time", 0.0))
-        run.peak_disk = max(run.peak_disk, tree_size(run.sandbox))
+        run.peak_disk = max(run.peak_disk, tree_size(run.runner.sandbox_str))
         return {
             "memory": memory / MB,
             "disk": run.peak_disk / MB,
@@ -537,7 +535,7 @@ class Worker:
                                     run.memory_limit), measured, ["memory"])
         if run.disk_limit and now >= run.next_disk:
             run.next_disk = now + DISK_INTERVAL
-            used = tree_size(run.sandbox)
+            used = tree_size(run.runner.sandbox_str)
             run.peak_disk = max(run.peak_disk, used)
             if used > run.disk_limit:
                 measured = self._measured(run, now - run.started)
@@ -607,7 +605,6 @@ class Worker:
         if runner.cgroup is not None and alloc.memory:
             runner.cgroup.set_limit(None)  # until the runner reports its baseline
             oom_kills = runner.cgroup.oom_kills()
-        sandbox = runner.sandbox
         env = {
             **spec.env,
             "CORES": cores, "OMP_NUM_THREADS": cores, "OPENBLAS_NUM_THREADS": cores,
@@ -615,12 +612,12 @@ class Worker:
             "NUMEXPR_NUM_THREADS": cores,
             "MEMORY": str(alloc.memory), "DISK": str(alloc.disk), "GPUS": str(alloc.gpus),
             "CUDA_VISIBLE_DEVICES": ",".join(gpus),
-            "TMPDIR": str(sandbox), "PACKMULE_SANDBOX": str(sandbox),
-            "PACKMULE_RADIO_DIR": str(runner.radio),
+            "TMPDIR": runner.sandbox_str, "PACKMULE_SANDBOX": runner.sandbox_str,
+            "PACKMULE_RADIO_DIR": runner.radio,
         }
         io = runner.io
         req = {"kind": spec.kind, "payload": spec.payload, "command": spec.command,
-               "sandbox": str(sandbox), "env": env, "stdout": io[0], "stderr": io[1]}
+               "sandbox": runner.sandbox_str, "env": env, "stdout": io[0], "stderr": io[1]}
         runner.conn.send_bytes(msgpack.packb(req, use_bin_type=True))
         return Running(spec, runner, alloc, gpus, now,
                        now + spec.timeout if spec.timeout > 0 else None,

@@ -79,10 +79,10 @@ class TreeSampler:
         return rss
 
 
-def tree_size(path: Path) -> int:
+def tree_size(path: str) -> int:
     """Bytes used by the files under ``path``."""
     total = 0
-    stack = [str(path)]
+    stack = [path]
     while stack:
         with contextlib.suppress(OSError), os.scandir(stack.pop()) as entries:
             for e in entries:
@@ -95,31 +95,44 @@ def tree_size(path: Path) -> int:
 
 
 class MemoryCgroup:
-    """One runner's cgroup (v1 memory controller): limit, exact peak, OOM kills."""
+    """One runner's cgroup (v1 memory controller): limit, peak, OOM kills.
+
+    Set per task, so kept cheap: plain ``os`` calls, and a limit is only
+    written when it changes.
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self._base = str(path) + "/"
         self._limit: int | None = -1  # unknown: the first set_limit always writes
 
     def _write(self, name: str, value: str) -> None:
-        (self.path / name).write_text(value)
+        fd = os.open(self._base + name, os.O_WRONLY)
+        try:
+            os.write(fd, value.encode())
+        finally:
+            os.close(fd)
 
     def _read(self, name: str) -> str:
-        return (self.path / name).read_text()
+        fd = os.open(self._base + name, os.O_RDONLY)
+        try:
+            return os.read(fd, 4096).decode()
+        finally:
+            os.close(fd)
 
     def add(self, pid: int) -> None:
         self._write("cgroup.procs", str(pid))
 
     def set_limit(self, mb: int | None) -> None:
-        """Limit the group to ``mb`` MB (None: no limit); resets the peak."""
+        """Limit the group to ``mb`` MB (None: no limit). Raises OSError (EBUSY) if the
+        group already uses more."""
         if mb == self._limit:
             return
         self._write("memory.limit_in_bytes", "-1" if not mb else str(mb * MB))
-        self._write("memory.max_usage_in_bytes", "0")
         self._limit = mb
 
     def peak(self) -> int:
-        """Bytes: the highest usage since the last :meth:`set_limit`."""
+        """Bytes: the group's highest usage (read after an OOM kill)."""
         return int(self._read("memory.max_usage_in_bytes"))
 
     def oom_kills(self) -> int:

@@ -73,35 +73,59 @@ def run_python(call: tuple[Any, ...]) -> tuple[str, bytes]:
         return "exception", dumps_exception(exc)
 
 
-def _reset_peak_rss() -> None:
-    """Make VmHWM start again from the current resident set (Linux)."""
-    with contextlib.suppress(OSError), open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
+class _Proc:
+    """This process's /proc files, opened once: a task pays microseconds to be measured."""
+
+    def __init__(self) -> None:
+        self.clear_refs = self._open("/proc/self/clear_refs", os.O_WRONLY)
+        self.status = self._open("/proc/self/status", os.O_RDONLY)
+        self.io = self._open("/proc/self/io", os.O_RDONLY)
+
+    @staticmethod
+    def _open(path: str, flags: int) -> int:
+        try:
+            return os.open(path, flags)
+        except OSError:
+            return -1  # not Linux, or not allowed: that figure reads 0
+
+    def reset_peak(self) -> None:
+        """Make VmHWM start again from the current resident set."""
+        if self.clear_refs >= 0:
+            with contextlib.suppress(OSError):
+                os.write(self.clear_refs, b"5")
+
+    def rss(self) -> tuple[int, int]:
+        """(resident set, peak resident set since the last reset), in bytes."""
+        rss = hwm = 0
+        if self.status >= 0:
+            for line in os.pread(self.status, 8192, 0).splitlines():
+                if line.startswith(b"VmHWM:"):
+                    hwm = int(line.split()[1]) * 1024
+                elif line.startswith(b"VmRSS:"):
+                    rss = int(line.split()[1]) * 1024
+        return rss, hwm
+
+    def read_written(self) -> tuple[int, int]:
+        """Bytes read and written, all sources (this process and waited-for children)."""
+        read = written = 0
+        if self.io >= 0:
+            for line in os.pread(self.io, 4096, 0).splitlines():
+                key, _, value = line.partition(b":")
+                if key == b"rchar":
+                    read = int(value)
+                elif key == b"wchar":
+                    written = int(value)
+        return read, written
 
 
-def _rss() -> tuple[int, int]:
-    """This process's (resident set, peak resident set since the last reset), in bytes."""
-    rss = hwm = 0
-    with contextlib.suppress(OSError), open("/proc/self/status", "rb") as f:
-        for line in f:
-            if line.startswith(b"VmHWM:"):
-                hwm = int(line.split()[1]) * 1024
-            elif line.startswith(b"VmRSS:"):
-                rss = int(line.split()[1]) * 1024
-    return rss, hwm
+_proc: _Proc | None = None
 
 
-def _io() -> tuple[int, int]:
-    """Bytes this process (and its waited-for children) read and wrote, all sources."""
-    read = written = 0
-    with contextlib.suppress(OSError), open("/proc/self/io", "rb") as f:
-        for line in f:
-            key, _, value = line.partition(b":")
-            if key == b"rchar":
-                read = int(value)
-            elif key == b"wchar":
-                written = int(value)
-    return read, written
+def _self() -> _Proc:
+    global _proc
+    if _proc is None:
+        _proc = _Proc()
+    return _proc
 
 
 def run_shell(command: str, sandbox: str, env: dict[str, str], out_path: str,
@@ -127,10 +151,11 @@ def execute(req: dict[str, Any], started: Callable[[int], None]) -> dict[str, An
     sandbox, env = req["sandbox"], req["env"]
     out_path, err_path = req["stdout"], req["stderr"]
     call = unpickle_call(req["payload"]) if req["kind"] == "python" else ()
-    _reset_peak_rss()
-    baseline = _rss()[0]
+    me = _self()
+    me.reset_peak()
+    baseline = me.rss()[0]
     started(baseline)
-    io_before = _io()
+    io_before = me.read_written()
     cpu_before = time.process_time()
     start = time.perf_counter()
     exit_code = 0
@@ -175,8 +200,8 @@ def execute(req: dict[str, Any], started: Callable[[int], None]) -> dict[str, An
                 else:
                     os.environ[k] = v
     wall = time.perf_counter() - start
-    io_after = _io()
-    rss_after, hwm = _rss()
+    io_after = me.read_written()
+    rss_after, hwm = me.rss()
     # A Python task's memory is what it added to the warm interpreter; a shell
     # task's is its child's own peak (the runner only waits for it).
     task_peak = child_rss if req["kind"] == "shell" else max(0, hwm - baseline)
