@@ -5,7 +5,6 @@
     WAITING --dispatch--> RUNNING --success/final failure--> DONE
        ^                     |
        +--requeue / retry----+        WAITING|RUNNING --cancel--> CANCELLED
-    WAITING --failed before dispatch--> DONE
 """
 
 from __future__ import annotations
@@ -33,7 +32,6 @@ ALLOWED_TRANSITIONS: frozenset[tuple[TaskState, TaskState]] = frozenset(
         (TaskState.WAITING, TaskState.RUNNING),
         (TaskState.RUNNING, TaskState.WAITING),
         (TaskState.RUNNING, TaskState.DONE),
-        (TaskState.WAITING, TaskState.DONE),
         (TaskState.WAITING, TaskState.CANCELLED),
         (TaskState.RUNNING, TaskState.CANCELLED),
     }
