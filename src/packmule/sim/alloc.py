@@ -35,6 +35,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..cli import whole_number
 from ..core.allocation import box
 from ..core.categories import (
     AllocationMode,
@@ -330,14 +331,7 @@ def _modes(text: str) -> tuple[AllocationMode, ...]:
     return tuple(_mode(t) for t in text.split(",") if t.strip())
 
 
-def _positive(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {v}")
-    return v
+_positive = whole_number(1)
 
 
 def build_parser(prog: str = "packmule sim alloc") -> argparse.ArgumentParser:
