@@ -449,7 +449,7 @@ class Manager:
         if conn is None:
             return False
         try:
-            self._router.send_multipart([conn.identity, m.encode(msg)], copy=False)
+            self._router.send_multipart([conn.identity, m.encode(msg)])
             return True
         except zmq.ZMQError as exc:
             if exc.errno == errno.EHOSTUNREACH:

@@ -343,7 +343,7 @@ class Worker:
         raise AssertionError("unreachable")
 
     def _send(self, msg: m.Message) -> None:
-        self.sock.send(m.encode(msg), copy=False)
+        self.sock.send(m.encode(msg))
 
     def _loop(self) -> None:
         poller = zmq.Poller()
