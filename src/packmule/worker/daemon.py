@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import enum
 import logging
+import mmap
 import os
 import shutil
 import signal
@@ -34,6 +35,7 @@ from ..protocol import messages as m
 from ..protocol.security import derive_keys
 from ..resources import Resources
 from .monitor import DISK_INTERVAL, MB, CgroupRoot, MemoryCgroup, TreeSampler, tree_size
+from .runner import BOARD_SIZE, read_board
 
 log = logging.getLogger("packmule.worker")
 
@@ -90,6 +92,8 @@ class Runner:
     settings: tuple[str, str] | None = None
 
     def __post_init__(self) -> None:
+        #: The runner posts (task number, baseline) here (see runner.Board).
+        self.board: mmap.mmap | None = None
         # Paths as strings, made once: they are used for every task.
         self.sandbox_str = str(self.sandbox)
         #: Where the runner captures a task's stdout and stderr.
@@ -125,7 +129,9 @@ class Runner:
             self.proc.wait(timeout=5)
         shutil.rmtree(self.sandbox, ignore_errors=True)
         shutil.rmtree(self.radio, ignore_errors=True)
-        for p in self.io:
+        if self.board is not None:
+            self.board.close()
+        for p in (*self.io, self.sandbox_str + ".board"):
             with contextlib.suppress(OSError):
                 os.unlink(p)
         if self.cgroup is not None:
@@ -145,9 +151,16 @@ class Running:
     sampler: TreeSampler
     oom_kills: int  # the runner cgroup's OOM-kill count before the task (-1: not read)
     next_disk: float
+    seq: int = 0  # this attempt's number on its runner's board
     #: The runner's resident set once the call is unpickled (bytes): the task's
-    #: memory is measured from here. None until the runner says it started.
-    baseline: int | None = None
+    #: memory is measured from here. None until the runner has posted it.
+    _baseline: int | None = None
+
+    @property
+    def baseline(self) -> int | None:
+        if self._baseline is None and self.runner.board is not None:
+            self._baseline = read_board(self.runner.board, self.seq)
+        return self._baseline
     peak_disk: int = 0
     fd: int = -1  # the runner connection's descriptor, registered with the poller
 
@@ -175,16 +188,21 @@ class Running:
 
 def _spawn_runner(sandbox: Path, cgroups: CgroupRoot | None) -> Runner:
     sandbox.mkdir()
+    board = str(sandbox) + ".board"
+    with open(board, "wb") as f:
+        f.write(b"\0" * BOARD_SIZE)
     Path(str(sandbox) + ".radio").mkdir()
     parent, child = socket.socketpair()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "packmule.worker.runner", str(child.fileno())],
+        [sys.executable, "-m", "packmule.worker.runner", str(child.fileno()), board],
         pass_fds=(child.fileno(),),
         start_new_session=True,
         stdin=subprocess.DEVNULL,
     )
     child.close()
     runner = Runner(proc, Connection(parent.detach()), sandbox)
+    with open(board, "r+b") as f:
+        runner.board = mmap.mmap(f.fileno(), BOARD_SIZE)
     if cgroups is not None:
         runner.cgroup = cgroups.new_group()
         if runner.cgroup is not None:
@@ -313,6 +331,7 @@ class Worker:
         self.running: dict[tuple[int, int], Running] = {}
         self.idle: list[Runner] = []
         self._runner_count = 0
+        self._seq = 0
         self.welcomed = False
         try:
             self._send(
@@ -418,10 +437,8 @@ class Worker:
             for fd, key in list(by_fd.items()):
                 if fd in events:
                     run = self.running[key]
-                    ended = self._read_runner(run)
-                    if ended is not None:
-                        self._drop(run, poller, by_fd)
-                        results.append(ended)
+                    self._drop(run, poller, by_fd)
+                    results.append(self._read_runner(run))
             for run in list(self.running.values()):
                 if now >= run.wake_at():
                     ended = self._watch(run, now)
@@ -602,9 +619,11 @@ class Worker:
                 gpus: list[str], now: float) -> Running:
         """Hand the task to the runner (raises OSError if the runner is dead)."""
         oom_kills = -1
+        limit_file = ""
         if runner.cgroup is not None and alloc.memory:
-            runner.cgroup.set_limit(None)  # until the runner reports its baseline
             oom_kills = runner.cgroup.oom_kills()
+            limit_file = runner.cgroup.limit_file
+        self._seq += 1
         env = {
             **spec.env,
             "CORES": cores, "OMP_NUM_THREADS": cores, "OPENBLAS_NUM_THREADS": cores,
@@ -617,12 +636,14 @@ class Worker:
         }
         io = runner.io
         req = {"kind": spec.kind, "payload": spec.payload, "command": spec.command,
-               "sandbox": runner.sandbox_str, "env": env, "stdout": io[0], "stderr": io[1]}
+               "sandbox": runner.sandbox_str, "env": env, "stdout": io[0], "stderr": io[1],
+               "seq": self._seq, "limit_file": limit_file,
+               "memory_limit": (alloc.memory or 0) * MB}
         runner.conn.send_bytes(msgpack.packb(req, use_bin_type=True))
         return Running(spec, runner, alloc, gpus, now,
                        now + spec.timeout if spec.timeout > 0 else None,
                        TreeSampler(runner.proc.pid, now), oom_kills,
-                       now + DISK_INTERVAL, fd=runner.conn.fileno())
+                       now + DISK_INTERVAL, fd=runner.conn.fileno(), seq=self._seq)
 
     def _drop(self, run: Running, poller: zmq.Poller, by_fd: dict[int, tuple[int, int]]) -> None:
         """Forget a running task and give back its resources."""
@@ -653,26 +674,18 @@ class Worker:
         except OSError:
             return False, 0
 
-    def _read_runner(self, run: Running) -> m.TaskResult | None:
-        """Handle what a runner sent: its start notice (None), or the task's end."""
-        conn = run.runner.conn
-        while True:
-            try:
-                reply = msgpack.unpackb(conn.recv_bytes(), raw=False)
-            except (EOFError, OSError):
-                return self._runner_died(run)
-            if "started" not in reply:
-                return self._finished(run, reply)
-            run.baseline = int(reply["started"])
-            if run.runner.cgroup is not None and run.memory_limit:
-                try:
-                    run.runner.cgroup.set_limit(-(-run.baseline // MB) + (run.alloc.memory or 0))
-                except OSError:  # EBUSY: the group already holds more than the limit
-                    measured = self._measured(run, time.monotonic() - run.started)
-                    run.runner.kill()
-                    return self._oom_result(run, measured)
-            if not conn.poll(0):
-                return None
+    def _read_runner(self, run: Running) -> m.TaskResult:
+        """The task's end, as its runner reports it (or its death)."""
+        try:
+            reply = msgpack.unpackb(run.runner.conn.recv_bytes(), raw=False)
+        except (EOFError, OSError):
+            return self._runner_died(run)
+        run._baseline = int(reply["baseline"])
+        if reply["status"] == "exhausted":  # over its limit before it even started
+            measured = self._measured(run, 0.0, reply)
+            self._recycle(run.runner)
+            return self._oom_result(run, measured)
+        return self._finished(run, reply)
 
     def _runner_died(self, run: Running) -> m.TaskResult:
         oom, peak = self._oom_killed(run)

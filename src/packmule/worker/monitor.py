@@ -104,6 +104,8 @@ class MemoryCgroup:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._base = str(path) + "/"
+        #: The file a runner writes its own per-task limit into.
+        self.limit_file = self._base + "memory.limit_in_bytes"
         self._limit: int | None = -1  # unknown: the first set_limit always writes
 
     def _write(self, name: str, value: str) -> None:

@@ -14,8 +14,11 @@ manager: this is the only place where task calls are unpickled.
 from __future__ import annotations
 
 import contextlib
+import functools
+import mmap
 import os
 import signal
+import struct
 import subprocess
 import sys
 import threading
@@ -141,20 +144,66 @@ def run_shell(command: str, sandbox: str, env: dict[str, str], out_path: str,
     return proc.returncode, usage.ru_maxrss * 1024, usage.ru_utime + usage.ru_stime
 
 
+class Board:
+    """Where the runner posts (task number, baseline) for its worker to read: 16 bytes
+    of a shared file, so no message is needed while the task runs."""
+
+    def __init__(self, path: str) -> None:
+        fd = os.open(path, os.O_RDWR)
+        try:
+            self.map = mmap.mmap(fd, BOARD_SIZE)
+        finally:
+            os.close(fd)
+
+    def post(self, seq: int, baseline: int) -> None:
+        struct.pack_into("qq", self.map, 0, seq, baseline)
+
+
+BOARD_SIZE = 16
+
+
+def read_board(data: mmap.mmap, seq: int) -> int | None:
+    """The baseline the runner posted for task number ``seq``, if it has."""
+    posted, baseline = struct.unpack_from("qq", data, 0)
+    return int(baseline) if posted == seq else None
+
+
+def _set_limit(path: str, limit: int | None) -> None:
+    """Write a cgroup memory limit (None: unlimited); OSError (EBUSY) if already over."""
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        os.write(fd, b"-1" if limit is None else str(limit).encode())
+    finally:
+        os.close(fd)
+
+
 def execute(req: dict[str, Any], started: Callable[[int], None]) -> dict[str, Any]:
     """Run one task as described by the worker's request, and measure it.
 
     The call is unpickled first, so the modules it imports into this warm
     interpreter are not billed to the task; then ``started`` gets the
-    runner's resident set, the baseline the task's memory is measured from.
+    runner's resident set, the baseline the task's memory is measured from,
+    and the runner's cgroup (``limit_file``) is limited to baseline plus the
+    task's ``memory_limit`` bytes.
     """
     sandbox, env = req["sandbox"], req["env"]
     out_path, err_path = req["stdout"], req["stderr"]
+    limit_file, limit = req.get("limit_file", ""), req.get("memory_limit", 0)
+    if limit_file and limit:
+        _set_limit(limit_file, None)  # imports while unpickling are not the task's
     call = unpickle_call(req["payload"]) if req["kind"] == "python" else ()
     me = _self()
     me.reset_peak()
     baseline = me.rss()[0]
     started(baseline)
+    if limit_file and limit:
+        try:
+            _set_limit(limit_file, baseline + limit)
+        except OSError:  # the group already holds more than the task may use
+            return {"status": "exhausted", "value": b"", "exit_code": -1, "stdout": b"",
+                    "stderr": b"", "wall_time": 0.0, "peak_rss": limit + 1,
+                    "baseline": baseline, "rss_after": baseline, "cpu_time": 0.0,
+                    "bytes_read": 0, "bytes_written": 0}
     io_before = me.read_written()
     cpu_before = time.process_time()
     start = time.perf_counter()
@@ -213,6 +262,7 @@ def execute(req: dict[str, Any], started: Callable[[int], None]) -> dict[str, An
         "stderr": _read_capped(err_path),
         "wall_time": wall,
         "peak_rss": task_peak,
+        "baseline": baseline,
         "rss_after": rss_after,
         "cpu_time": time.process_time() - cpu_before + child_cpu,
         "bytes_read": io_after[0] - io_before[0],
@@ -234,20 +284,19 @@ def _die_with_parent(interval: float = 0.5) -> None:
 
 def main() -> None:
     conn = Connection(int(sys.argv[1]))
+    board = Board(sys.argv[2])
     _die_with_parent()
     # A task's output must not go to the worker's terminal between tasks either.
     devnull = os.open(os.devnull, os.O_RDWR)
     os.dup2(devnull, 0)
-
-    def started(baseline: int) -> None:
-        conn.send_bytes(msgpack.packb({"started": baseline}))
 
     while True:
         try:
             data = conn.recv_bytes()
         except (EOFError, OSError):
             return
-        reply = execute(msgpack.unpackb(data, raw=False), started)
+        req = msgpack.unpackb(data, raw=False)
+        reply = execute(req, functools.partial(board.post, req["seq"]))
         conn.send_bytes(msgpack.packb(reply, use_bin_type=True))
 
 
