@@ -437,8 +437,10 @@ class Worker:
             for fd, key in list(by_fd.items()):
                 if fd in events:
                     run = self.running[key]
-                    self._drop(run, poller, by_fd)
-                    results.append(self._read_runner(run))
+                    ended = self._read_runner(run)
+                    if ended is not None:
+                        self._drop(run, poller, by_fd)
+                        results.append(ended)
             for run in list(self.running.values()):
                 if now >= run.wake_at():
                     ended = self._watch(run, now)
@@ -674,9 +676,15 @@ class Worker:
         except OSError:
             return False, 0
 
-    def _read_runner(self, run: Running) -> m.TaskResult:
-        """The task's end, as its runner reports it (or its death)."""
+    def _read_runner(self, run: Running) -> m.TaskResult | None:
+        """The task's end, as its runner reports it (or its death); None if nothing came.
+
+        (A poll event can be stale: a runner killed in this round may have had its
+        descriptor number reused by a fresh runner that has said nothing yet.)
+        """
         try:
+            if not run.runner.conn.poll(0):
+                return None
             reply = msgpack.unpackb(run.runner.conn.recv_bytes(), raw=False)
         except (EOFError, OSError):
             return self._runner_died(run)
