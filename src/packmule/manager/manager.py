@@ -16,6 +16,7 @@ import json
 import logging
 import math
 import os
+import queue
 import tempfile
 import threading
 import time
@@ -197,6 +198,10 @@ class Manager:
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
         self._post_lock = threading.Lock()
+        self._deliveries: queue.SimpleQueue[tuple[Task, bool, Any] | None] = queue.SimpleQueue()
+        self._deliverer = threading.Thread(target=self._deliver_loop, name="packmule-results",
+                                           daemon=True)
+        self._deliverer.start()
         self._thread = threading.Thread(target=self._run, name="packmule-manager", daemon=True)
         self._thread.start()
         log.info("manager listening on %s:%d (run dir %s)", host, self.port, self.run_dir)
@@ -330,10 +335,10 @@ class Manager:
         self.shutdown()
 
     def _call(self, fn: Callable[[], Any]) -> Any:
-        if threading.current_thread() is self._thread:  # e.g. from a future's callback
+        if threading.current_thread() is self._thread:
             return fn()
         fut: Future[Any] = Future()
-        if not self._thread.is_alive():
+        if self._closed or not self._thread.is_alive():
             raise RuntimeError("the manager is not running")
         self._post("call", (fn, fut))
         return fut.result(timeout=30)
@@ -714,20 +719,13 @@ class Manager:
         return TaskError(f"task {tid} failed: {r.message}", tid)
 
     def _finish(self, tid: int, value: Any) -> None:
-        self._payloads.pop(tid, None)
-        task = self._tasks.pop(tid, None)
-        self._core.forget(tid)
-        if task is None or task.future is None:
-            return
-        self._future_ids.pop(task.future, None)
-        task.finish_time = time.time()
-        self._counters["tasks_succeeded"] += 1
-        if not task.future.done():
-            with contextlib.suppress(Exception):  # cancelled concurrently
-                task.future.set_result(value)
-        self._mark_finished(task)
+        self._deliver(tid, True, value)
 
     def _finish_error(self, tid: int, exc: BaseException) -> None:
+        self._deliver(tid, False, exc)
+
+    def _deliver(self, tid: int, ok: bool, value: Any) -> None:
+        """Hand a finished task's outcome to the delivery thread."""
         self._payloads.pop(tid, None)
         task = self._tasks.pop(tid, None)
         self._core.forget(tid)
@@ -735,11 +733,25 @@ class Manager:
             return
         self._future_ids.pop(task.future, None)
         task.finish_time = time.time()
-        self._counters["tasks_failed"] += 1
-        if not task.future.done():
-            with contextlib.suppress(Exception):
-                task.future.set_exception(exc)
-        self._mark_finished(task)
+        self._counters["tasks_succeeded" if ok else "tasks_failed"] += 1
+        self._deliveries.put((task, ok, value))
+
+    def _deliver_loop(self) -> None:
+        """Resolve futures off the I/O thread: their callbacks (Parsl's DFK among
+        them) then run here, while the I/O loop goes on dispatching."""
+        while True:
+            item = self._deliveries.get()
+            if item is None:
+                return
+            task, ok, value = item
+            fut = task.future
+            if fut is not None and not fut.done():
+                with contextlib.suppress(Exception):  # cancelled concurrently
+                    if ok:
+                        fut.set_result(value)
+                    else:
+                        fut.set_exception(value)
+            self._mark_finished(task)
 
     def _log_attempt(self, wid: str, r: m.TaskResult) -> None:
         task = self._tasks.get(r.task_id)
@@ -856,6 +868,9 @@ class Manager:
         for fd in (wake_r, wake_w):
             with contextlib.suppress(OSError):
                 os.close(fd)
+        self._deliveries.put(None)  # after every outcome queued above
+        if threading.current_thread() is not self._deliverer:
+            self._deliverer.join()
         for kind, arg in left:  # posted while the loop was stopping
             if kind == "submit":
                 task = arg[0]
