@@ -65,7 +65,6 @@ import contextlib
 import importlib
 import json
 import os
-import platform
 import re
 import shlex
 import shutil
@@ -131,10 +130,9 @@ def noop(**_parsl_kwargs: Any) -> int:
 
 
 def load_average() -> list[float] | None:
-    try:
-        return [round(x, 2) for x in os.getloadavg()]
-    except (OSError, AttributeError):
-        return None
+    """The machine's load average (from the sibling benchmark)."""
+    result: list[float] | None = vs_workqueue().load_average()
+    return result
 
 
 def percentiles_ms(samples_s: Sequence[float]) -> dict[str, float]:
@@ -557,13 +555,9 @@ def versions() -> dict[str, Any]:
 
 
 def machine_info() -> dict[str, Any]:
-    try:
-        mem_gib: float | None = round(
-            os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
-    except (ValueError, OSError, AttributeError):
-        mem_gib = None
-    return {"cpus": os.cpu_count(), "memory_gib": mem_gib, "platform": platform.platform(),
-            "python": platform.python_version(), "python_executable": sys.executable}
+    """Cores, memory, platform, Python (from the sibling benchmark)."""
+    info: dict[str, Any] = vs_workqueue().machine_info()
+    return info
 
 
 def rotate(items: Sequence[str], k: int) -> list[str]:
