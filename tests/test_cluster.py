@@ -50,6 +50,28 @@ def test_one_core_tasks_run_four_at_a_time_on_two_by_two(cluster: ClusterFactory
         assert all(t.allocation == Resources(1, 1000, 1000, 0) for t in tasks)
 
 
+def test_short_tasks_are_prefetched_without_overcommitting(cluster: ClusterFactory) -> None:
+    with cluster(1, cores=2) as mgr:
+        wait_until(connected(mgr, 1))
+        for _ in range(6):  # the category learns that its tasks are short
+            mgr.submit(PythonTask(span, 0.001, resources={"cores": 1})).result(timeout=30)
+        tasks = [PythonTask(span, 0.02, resources={"cores": 1 + i % 3 // 2}) for i in range(30)]
+        futs = [mgr.submit(t) for t in tasks]
+        victim = mgr.submit(PythonTask(span, 0.02, resources={"cores": 1}))
+        victim.cancel()  # possibly while prefetched: the worker must drop it
+        spans = [f.result(timeout=30) for f in futs]
+        assert mgr.stats().tasks_prefetched > 0
+        # never more cores busy than the worker has, prefetched or not
+        events = sorted([(s, t.resources.cores or 0) for (s, _, _), t in zip(spans, tasks)]
+                        + [(e, -(t.resources.cores or 0)) for (_, e, _), t in zip(spans, tasks)])
+        busy = peak = 0
+        for _, d in events:
+            busy += d
+            peak = max(peak, busy)
+        assert peak <= 2
+        wait_until(lambda: mgr.stats().tasks["running"] == 0)
+
+
 def test_two_core_task_waits_for_a_whole_worker(cluster: ClusterFactory) -> None:
     with cluster(1, cores=2) as mgr:
         wait_until(connected(mgr, 1))

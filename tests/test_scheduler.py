@@ -8,7 +8,8 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from packmule import Resources
-from packmule.core.scheduler import MAX_REQUEUES, ManagerState
+from packmule.core.categories import WALL_MIN_TASKS
+from packmule.core.scheduler import MAX_REQUEUES, PREFETCH_WALL_TIME, ManagerState
 from packmule.core.states import InvalidTransition, TaskState, Verdict
 
 TWO = Resources(2, 2000, 2000, 0)
@@ -200,12 +201,15 @@ class SchedulerMachine(RuleBasedStateMachine):
             assert t.state is TaskState.RUNNING and t.worker == a.worker
 
     @precondition(lambda self: any(t.state is TaskState.RUNNING for t in self.s.tasks.values()))
-    @rule(data=st.data(), ok=st.booleans(), stale=st.booleans())
-    def complete(self, data: st.DataObject, ok: bool, stale: bool) -> None:
+    @rule(data=st.data(), ok=st.booleans(), stale=st.booleans(),
+          wall=st.sampled_from([0.001, 0.01, 5.0]))
+    def complete(self, data: st.DataObject, ok: bool, stale: bool, wall: float) -> None:
+        # Mostly short tasks, so that prefetching happens too.
         running = sorted(t.id for t in self.s.tasks.values() if t.state is TaskState.RUNNING)
         tid = data.draw(st.sampled_from(running))
         attempt = self.s.tasks[tid].attempt - (1 if stale else 0)
-        v = self.s.complete(tid, attempt, ok, self.tick())
+        v = self.s.complete(tid, attempt, ok, self.tick(), measured=Resources(1, 10, 10, 0),
+                            wall_time=wall)
         if stale:
             assert v is Verdict.STALE
 
@@ -224,6 +228,56 @@ class SchedulerMachine(RuleBasedStateMachine):
 SchedulerMachine.TestCase.settings = settings(max_examples=150, stateful_step_count=40,
                                               deadline=None)
 test_scheduler_never_overcommits = SchedulerMachine.TestCase
+
+
+def learned_short(s: ManagerState, wall: float = 0.001) -> None:
+    """Run WALL_MIN_TASKS one-core tasks of ``wall`` seconds through the default category."""
+    for i in range(1000, 1000 + WALL_MIN_TASKS):
+        s.submit(i, Resources(cores=1), now=0)
+        (a,) = s.schedule(now=0)
+        s.complete(i, a.attempt, True, now=0, measured=Resources(1, 10, 10, 0), wall_time=wall)
+
+
+def test_short_tasks_are_prefetched_one_per_running_task() -> None:
+    s = state_with_workers(TWO)
+    learned_short(s)
+    for i in range(1, 7):
+        s.submit(i, Resources(cores=1), now=1)
+    out = s.schedule(now=1)
+    assert [a.task_id for a in out] == [1, 2, 3, 4]
+    w = s.workers["w0"]
+    assert sorted(w.running) == [1, 2] and list(w.queued) == [3, 4]
+    assert w.committed == TWO  # prefetched tasks hold nothing until they start
+    s.complete(1, 1, True, now=2)
+    assert sorted(w.running) == [2, 3] and list(w.queued) == [4]  # the worker starts 3 at once
+    (a,) = s.schedule(now=3)
+    assert a.task_id == 5 and list(w.queued) == [4, 5]
+
+
+def test_prefetched_task_lost_with_its_worker_or_cancelled() -> None:
+    s = state_with_workers(TWO)
+    learned_short(s)
+    for i in range(1, 5):
+        s.submit(i, Resources(cores=1), now=1)
+    s.schedule(now=1)
+    assert s.cancel(3, now=2) is not None  # the worker is told to drop it
+    assert list(s.workers["w0"].queued) == [4]
+    lost = dict(s.remove_worker("w0", now=3, why="test"))
+    assert lost == {1: Verdict.REQUEUED, 2: Verdict.REQUEUED, 4: Verdict.REQUEUED}
+
+
+def test_long_tasks_and_retries_bigger_are_not_prefetched() -> None:
+    s = state_with_workers(TWO)
+    learned_short(s, wall=PREFETCH_WALL_TIME * 2)
+    for i in range(1, 5):
+        s.submit(i, Resources(cores=1), now=1)
+    assert [a.task_id for a in s.schedule(now=1)] == [1, 2]
+    off = ManagerState(validate=True, prefetch=False)
+    off.add_worker("w0", TWO, now=0)
+    learned_short(off)
+    for i in range(1, 5):
+        off.submit(i, Resources(cores=1), now=1)
+    assert len(off.schedule(now=1)) == 2
 
 
 def test_higher_priority_wide_task_is_not_starved_by_lower_priority_narrow_ones() -> None:

@@ -105,6 +105,11 @@ LADDER_GROWTH = 2.0
 LADDER_UPDATE_GROWTH = 1.05
 #: Attempts recorded before the ladder is trusted; until then new tasks get the whole worker.
 LADDER_COLD_START = 1
+#: Weight of the newest completion in a category's smoothed wall time: about
+#: the last ten tasks count, so a category whose tasks get longer is noticed soon.
+WALL_EMA_WEIGHT = 0.1
+#: Completions before a category's wall time is trusted (for prefetching).
+WALL_MIN_TASKS = 5
 
 
 def _ints(res: Resources) -> list[int]:
@@ -752,6 +757,7 @@ class Category:
         self._tasks = 0
         self._attempts = 0
         self._exhausted = 0
+        self._wall_ema: float | None = None  # normal completions' wall time, smoothed
         self._rng = random.Random(seed)
         self._pins: dict[int, tuple[tuple[object, ...], Resources]] = {}
         self._bucketing: dict[int, _Bucketing] = {}
@@ -1002,6 +1008,8 @@ class Category:
             return
         # 4. normal completions are learned from
         wall = max(float(wall_time), 0.0)
+        self._wall_ema = wall if self._wall_ema is None else (
+            self._wall_ema + WALL_EMA_WEIGHT * (wall - self._wall_ema))
         for r in range(4):
             self._hist[r].add(m[r], wall)
             if m[r] > self._done_max[r]:
@@ -1038,6 +1046,10 @@ class Category:
             first[r] = v
         self._first = first
 
+    def typical_wall_time(self) -> float | None:
+        """Smoothed wall time (s) of normal completions; None before ``WALL_MIN_TASKS`` of them."""
+        return self._wall_ema if self._tasks >= WALL_MIN_TASKS else None
+
     def stats(self) -> dict[str, object]:
         """A JSON-able summary of the category."""
         out: dict[str, object] = {
@@ -1047,6 +1059,7 @@ class Category:
             "attempts_recorded": self._attempts,
             "exhausted": self._exhausted,
             "steady": self._steady,
+            "typical_wall_time_s": self.typical_wall_time(),
             "completions_since_reset": self._since_reset,
             "max_seen": dict(zip(FIELDS, self._seen, strict=True)),
             "first_allocation": (None if self._first is None

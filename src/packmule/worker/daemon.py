@@ -329,6 +329,8 @@ class Worker:
         self.free = self.size
         self.free_gpus = list(self.gpu_ids)
         self.running: dict[tuple[int, int], Running] = {}
+        #: Prefetched tasks, in the order sent; each starts as soon as it fits.
+        self.queued: dict[tuple[int, int], m.TaskSpec] = {}
         self.idle: list[Runner] = []
         self._runner_count = 0
         self._seq = 0
@@ -419,15 +421,11 @@ class Worker:
                         raise _SessionEnd(ExitCode.OK, f"manager said exit: {msg.reason}")
                     elif isinstance(msg, m.Dispatch):
                         for spec in msg.tasks:
-                            r = self._start(spec, now)
-                            if isinstance(r, m.TaskResult):
-                                results.append(r)
-                            else:
-                                by_fd[r.fd] = (spec.task_id, spec.attempt)
-                                poller.register(r.fd, zmq.POLLIN)
+                            self._begin(spec, now, poller, by_fd, results)
                     elif isinstance(msg, m.PutFile):
                         (self.workspace / "cache" / msg.cache_name).write_bytes(msg.data)
                     elif isinstance(msg, m.Kill):
+                        self.queued.pop((msg.task_id, msg.attempt), None)
                         run = self.running.get((msg.task_id, msg.attempt))
                         if run is not None:
                             self._drop(run, poller, by_fd)
@@ -447,6 +445,11 @@ class Worker:
                     if ended is not None:
                         self._drop(run, poller, by_fd)
                         results.append(ended)
+            if self.queued:
+                for spec in list(self.queued.values()):
+                    if Resources(**spec.allocation).fits_in(self.free):
+                        del self.queued[(spec.task_id, spec.attempt)]
+                        self._begin(spec, now, poller, by_fd, results)
             if results:
                 self._send(m.Results(results))
             if self.running:
@@ -563,12 +566,25 @@ class Worker:
                                     _over("disk", used, run.disk_limit), measured, ["disk"])
         return None
 
-    def _start(self, spec: m.TaskSpec, now: float) -> Running | m.TaskResult:
+    def _begin(self, spec: m.TaskSpec, now: float, poller: zmq.Poller,
+               by_fd: dict[int, tuple[int, int]], results: list[m.TaskResult]) -> None:
+        """Start a dispatched task, or queue it (prefetched) until it fits."""
         try:
             alloc = Resources(**spec.allocation)
         except (TypeError, ValueError) as exc:
             log.error("the manager sent a bad allocation %r: %s", spec.allocation, exc)
             raise _SessionEnd(ExitCode.REJECTED, f"bad allocation: {exc}") from None
+        if not alloc.fits_in(self.free) and alloc.fits_in(self.size):
+            self.queued[(spec.task_id, spec.attempt)] = spec  # starts when room frees
+            return
+        r = self._start(spec, alloc, now)
+        if isinstance(r, m.TaskResult):
+            results.append(r)
+        else:
+            by_fd[r.fd] = (spec.task_id, spec.attempt)
+            poller.register(r.fd, zmq.POLLIN)
+
+    def _start(self, spec: m.TaskSpec, alloc: Resources, now: float) -> Running | m.TaskResult:
         if not alloc.fits_in(self.free):
             return self._reply(
                 spec, m.TaskStatus.FORSAKEN,
