@@ -1,4 +1,4 @@
-"""The ``packmule`` command line: ``packmule worker HOST:PORT``."""
+"""The ``packmule`` command line: ``packmule worker HOST:PORT``, ``packmule pack ...``."""
 
 from __future__ import annotations
 
@@ -91,9 +91,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="how task memory limits are enforced: a cgroup v1 memory limit per "
                         "runner (exact, immediate), or polling the task's process tree; "
                         "auto: cgroups where writable (default: auto)")
+    w.add_argument("--pack-cache", metavar="DIR", default=None,
+                   help="where environment packs are unpacked and kept across worker runs "
+                        "(default: $XDG_CACHE_HOME/packmule/worker-packs)")
     w.add_argument("--single-shot", action="store_true",
                    help="exit when the first manager session ends instead of reconnecting")
     w.add_argument("--debug", action="store_true", help="log every step")
+    from .envpack.cli import add_parser as add_pack_parser
+
+    add_pack_parser(sub)
     sim = sub.add_parser(
         "sim",
         help="simulate allocation strategies on task traces (no cluster needed)",
@@ -143,6 +149,7 @@ def worker_main(args: argparse.Namespace) -> int:
             host, port, secret=secret, resources=size, gpu_ids=gpu_ids, workdir=workdir,
             idle_timeout=args.idle_timeout, connect_timeout=args.connect_timeout,
             single_shot=args.single_shot, enforce=args.enforce,
+            pack_cache=Path(args.pack_cache) if args.pack_cache else None,
         )
     except (ValueError, RuntimeError) as exc:
         print(f"packmule worker: {exc}", file=sys.stderr)
@@ -163,4 +170,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     if args.command == "worker":
         return worker_main(args)
+    if args.command == "pack":
+        from .envpack.cli import main as pack_main
+
+        return pack_main(args)
     raise AssertionError(args.command)

@@ -101,3 +101,11 @@ class RemoteException(PackmuleError):
 
     def __reduce__(self) -> tuple[object, ...]:
         return (type(self), (self.type_name, self.message))
+
+
+class PackError(PackmuleError):
+    """An environment pack cannot be analysed, built, transferred or unpacked."""
+
+
+class PackCorrupted(PackError):
+    """A pack's bytes do not match its checksum: the transfer damaged it; send it again."""
