@@ -20,6 +20,7 @@ import tarfile
 import textwrap
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -343,6 +344,38 @@ def test_unpacking_again_returns_the_same_directory(numpy_pack: tuple[Pack, Path
     assert unpack(pack.path, pack.digest, pack.sha256, root.parent) == root
     assert marker.stat().st_mtime_ns == stamp
     assert [p.name for p in root.parent.iterdir()] == [pack.digest]  # no temporaries
+
+
+def test_concurrent_builders_and_unpackers_agree(tmp_path: Path) -> None:
+    spec = analyze([])
+    with ThreadPoolExecutor(2) as pool:
+        packs = list(pool.map(lambda _: build_pack(spec, tmp_path / "cache"), range(2)))
+    assert packs[0] == packs[1]
+    pack = packs[0]
+    assert hashlib.sha256(pack.path.read_bytes()).hexdigest() == pack.sha256
+    assert sorted(p.name for p in pack.path.parent.iterdir()) == [
+        f"{pack.digest}.json", f"{pack.digest}.tar"]
+    with ThreadPoolExecutor(2) as pool:
+        roots = list(pool.map(
+            lambda _: unpack(pack.path, pack.digest, pack.sha256, tmp_path / "worker"), range(2)))
+    assert roots[0] == roots[1]
+    assert [p.name for p in (tmp_path / "worker").iterdir()] == [pack.digest]
+
+
+def test_a_distribution_with_missing_files_is_an_error(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    site = tmp_path / "site-packages"
+    info = site / "brokendist-1.0.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: brokendist\nVersion: 1.0\n")
+    (info / "RECORD").write_text("brokendist.py,,\nbrokendist-1.0.dist-info/METADATA,,\n"
+                                 "brokendist-1.0.dist-info/RECORD,,\n")
+    monkeypatch.syspath_prepend(str(site))
+    spec = analyze([], extra_pkgs=["brokendist"])
+    assert spec.distributions["brokendist"] == "1.0"
+    with pytest.raises(PackError, match=r"'brokendist' is missing .*brokendist\.py; reinstall"):
+        build_pack(spec, tmp_path / "cache")
+    assert [p.name for p in (tmp_path / "cache").iterdir()] == []
 
 
 # -- unpack refusals, on small hand-made packs -----------------------------------
