@@ -12,6 +12,7 @@ import time
 from concurrent.futures import CancelledError
 from pathlib import Path
 
+import msgpack
 import pytest
 import zmq
 
@@ -62,8 +63,9 @@ def test_short_tasks_are_prefetched_without_overcommitting(cluster: ClusterFacto
         spans = [f.result(timeout=30) for f in futs]
         assert mgr.stats().tasks_prefetched > 0
         # never more cores busy than the worker has, prefetched or not
-        events = sorted([(s, t.resources.cores or 0) for (s, _, _), t in zip(spans, tasks)]
-                        + [(e, -(t.resources.cores or 0)) for (_, e, _), t in zip(spans, tasks)])
+        cores = [t.resources.cores or 0 for t in tasks]
+        events = sorted([(s, c) for (s, _, _), c in zip(spans, cores, strict=True)]
+                        + [(e, -c) for (_, e, _), c in zip(spans, cores, strict=True)])
         busy = peak = 0
         for _, d in events:
             busy += d
@@ -249,7 +251,7 @@ def test_silent_worker_loses_lease_and_late_result_is_discarded(
 def test_gpu_assignment_with_fake_gpus(cluster: ClusterFactory) -> None:
     def visible() -> tuple[str, float, float]:
         start = time.time()
-        time.sleep(0.4)
+        time.sleep(1.5)  # long enough to overlap even when runners start slowly
         return os.environ["CUDA_VISIBLE_DEVICES"], start, time.time()
 
     with cluster(1, cores=2, gpus=2) as mgr:
@@ -370,11 +372,17 @@ def test_version_mismatch_is_refused_with_clear_reason(cluster: ClusterFactory) 
         sock.connect(f"tcp://{mgr.address}")
         try:
             sock.send(m.encode(m.Hello(999, "9.9.9", "w", "elsewhere", 1,
-                                       {"cores": 1, "memory": 1, "disk": 1, "gpus": 0})))
+                                       {"cores": 1, "memory": 1, "disk": 1, "gpus": 0}, [])))
             assert sock.poll(10_000)
             reply = m.decode(sock.recv())
             assert isinstance(reply, m.Reject)
             assert "protocol version mismatch" in reply.reason and "9.9.9" in reply.reason
+            # a Hello of another shape (protocol 1 had no packs): named just as clearly
+            sock.send(msgpack.packb([m.Hello.TAG, 1, "0.0.1", "w", "old", 1,
+                                     {"cores": 1, "memory": 1, "disk": 1, "gpus": 0}]))
+            assert sock.poll(10_000)
+            reply = m.decode(sock.recv())
+            assert isinstance(reply, m.Reject) and "speaks 1" in reply.reason, reply
             # an authenticated peer sending garbage is dropped too
             sock.send(b"\xc1garbage")
         finally:

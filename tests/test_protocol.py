@@ -12,7 +12,7 @@ def sample_spec() -> m.TaskSpec:
         task_id=3, attempt=1, kind="python", payload=b"\x80\x05pickle", command="",
         allocation={"cores": 1, "memory": 10, "disk": 10, "gpus": 0}, env={"A": "b"},
         inputs=[m.InputFile("in.txt", "", b"data"), m.InputFile("ref", "file-x-ref", b"")],
-        outputs=["out.txt"], timeout=0.0,
+        outputs=["out.txt"], timeout=0.0, pack="ab12",
     )
 
 
@@ -20,7 +20,7 @@ def sample_spec() -> m.TaskSpec:
     "msg",
     [
         m.Hello(m.PROTOCOL_VERSION, "0.1.0", "w1", "host", 42,
-                {"cores": 2, "memory": 1, "disk": 1, "gpus": 0}),
+                {"cores": 2, "memory": 1, "disk": 1, "gpus": 0}, ["ab12"]),
         m.Dispatch([sample_spec(), sample_spec()]),
         m.Results([m.TaskResult(3, 1, m.TaskStatus.EXCEPTION, b"x", -1, b"o", b"e",
                                 {"out": b"1"}, "", 0.5, ["0"], [b"msg"], {"memory": 1.5},
@@ -28,6 +28,9 @@ def sample_spec() -> m.TaskSpec:
         m.Welcome(m.PROTOCOL_VERSION, "0.1.0", 5.0, 30.0),
         m.ManagerHeartbeat(),
         m.Kill(3, 1),
+        m.PutPack("ab12", "cd34", 10, 0),
+        m.PackProgress("ab12", 10),
+        m.PackState("ab12", False, "corrupted", True),
     ],
 )
 def test_round_trip(msg: m.Message) -> None:
@@ -106,7 +109,7 @@ def test_worker_forsakes_a_task_that_does_not_fit(tmp_path) -> None:  # type: ig
         assert hello.resources == {"cores": 1, "memory": 100, "disk": 100, "gpus": 0}
         router.send_multipart([ident, m.encode(m.Welcome(m.PROTOCOL_VERSION, "x", 1.0, 10.0))])
         spec = m.TaskSpec(1, 1, "shell", b"", "true", {"cores": 2, "memory": 10, "disk": 10,
-                                                       "gpus": 0}, {}, [], [], 0.0)
+                                                       "gpus": 0}, {}, [], [], 0.0, "")
         router.send_multipart([ident, m.encode(m.Dispatch([spec]))])
         while True:
             assert router.poll(20_000)

@@ -6,10 +6,13 @@ import os
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .resources import Resources
 from .serialize import dumps_call
+
+if TYPE_CHECKING:
+    from .envpack import Pack
 
 
 @dataclass(frozen=True)
@@ -142,6 +145,12 @@ class Task:
         self.submit_time = 0.0
         self.start_time = 0.0
         self.finish_time = 0.0
+        #: Run inside an environment pack built from what these functions import
+        #: (PythonTask with ``pack=True``), plus ``extra_pkgs``.
+        self.pack_functions: tuple[Callable[..., Any], ...] = ()
+        self.extra_pkgs: tuple[str, ...] = ()
+        #: The pack it runs in, once built (set by the manager).
+        self.pack: Pack | None = None
 
     def payload(self) -> bytes:
         """The bytes sent to the worker besides the command (none for shell tasks)."""
@@ -160,6 +169,11 @@ class PythonTask(Task):
     Its future resolves to the return value, or raises the function's own
     exception with the remote traceback as ``__cause__``. The call is pickled
     (cloudpickle: closures and lambdas work) when the task is submitted.
+
+    ``pack=True`` runs it inside an environment pack: the interpreter and
+    every package ``fn`` imports (with the user's own modules), plus the
+    distributions named in ``extra_pkgs``, built in the background and sent
+    once to each worker (see docs/packs.md).
     """
 
     kind = "python"
@@ -177,6 +191,8 @@ class PythonTask(Task):
         output_files: Iterable[File | str] = (),
         timeout: float | None = None,
         tag: str | None = None,
+        pack: bool = False,
+        extra_pkgs: Iterable[str] = (),
         **kwargs: Any,
     ) -> None:
         if not callable(fn):
@@ -188,6 +204,13 @@ class PythonTask(Task):
         self._init_common(
             resources, category, priority, max_retries, env, input_files, output_files, timeout, tag
         )
+        if isinstance(extra_pkgs, str):
+            raise TypeError(f"extra_pkgs takes a list of distribution names, got {extra_pkgs!r}")
+        self.extra_pkgs = tuple(extra_pkgs)
+        if pack:
+            self.pack_functions = (fn,)
+        elif self.extra_pkgs:
+            raise ValueError("extra_pkgs only applies with pack=True")
 
     def payload(self) -> bytes:
         return dumps_call(self.fn, self.args, self.kwargs)

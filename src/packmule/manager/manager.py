@@ -15,6 +15,7 @@ import itertools
 import json
 import logging
 import math
+import mmap
 import os
 import queue
 import tempfile
@@ -34,8 +35,10 @@ from .._version import __version__
 from ..core.categories import STEADY_N, AllocationMode, CategoryConfig
 from ..core.scheduler import MAX_REQUEUES, Assignment, ManagerState
 from ..core.states import Verdict
+from ..envpack import Pack
 from ..errors import (
     FileTransferError,
+    PackError,
     ProtocolError,
     ResourceExhausted,
     TaskCancelled,
@@ -50,6 +53,7 @@ from ..resources import Resources
 from ..serialize import loads, loads_exception
 from ..task import CommandResult, Task
 from .files import cache_name
+from .packs import PackBuilder
 
 log = logging.getLogger("packmule.manager")
 
@@ -62,6 +66,13 @@ HEARTBEAT_INTERVAL = 5.0
 LEASE = 30.0
 #: Delays after a closed connection at which every worker is probed.
 _PROBE_DELAYS = (0.02, 0.2, 1.0)
+#: Environment packs travel in pieces of PACK_CHUNK bytes, at most PACK_WINDOW
+#: of them unacknowledged per transfer: a piece takes ~20 ms on loopback with
+#: CURVE, so heartbeats and tasks are never queued behind a whole pack (a
+#: 1 GB message would hold the connection for seconds), and a window of
+#: 16 MiB keeps a 1 Gbit/s link with 100 ms round trips busy.
+PACK_CHUNK = 4 << 20
+PACK_WINDOW = 16 << 20
 
 
 @dataclass
@@ -73,6 +84,19 @@ class WorkerConn:
     pid: int
     resources: Resources
     cached: set[str] = field(default_factory=set)
+    #: Digests of the environment packs it has (or is being sent).
+    packs: set[str] = field(default_factory=set)
+    #: Packs on their way to it, by digest.
+    sending: dict[str, _Transfer] = field(default_factory=dict)
+
+
+@dataclass
+class _Transfer:
+    """A pack being sent to one worker."""
+
+    pack: Pack
+    data: memoryview
+    sent: int = 0
 
 
 @dataclass(frozen=True)
@@ -96,6 +120,8 @@ class ManagerStats:
     files_sent: int
     #: Attempts sent to a busy worker ahead of time (see ``prefetch``).
     tasks_prefetched: int
+    #: Environment packs sent to workers (a worker that has one cached is not sent it).
+    packs_sent: int
 
 
 class Manager:
@@ -113,6 +139,8 @@ class Manager:
     learned). Every finished attempt is logged to ``run_dir/tasks.jsonl``.
     ``prefetch``: send short tasks (typically under 0.1 s in their category)
     to busy workers ahead of time, to start the moment room frees there.
+    ``pack_cache`` is where environment packs are built (default
+    ``$XDG_CACHE_HOME/packmule/packs``).
     """
 
     def __init__(
@@ -129,6 +157,7 @@ class Manager:
         message_sink: Callable[[list[bytes]], None] | None = None,
         default_category: CategoryConfig | None = None,
         prefetch: bool = True,
+        pack_cache: str | os.PathLike[str] | None = None,
     ) -> None:
         if heartbeat_interval <= 0 or lease < 2 * heartbeat_interval:
             raise ValueError(
@@ -147,6 +176,8 @@ class Manager:
         self.lease = lease
         self.shutdown_workers = shutdown_workers
         self.message_sink = message_sink
+        self.pack_cache = Path(pack_cache) if pack_cache is not None else None
+        self._packer: PackBuilder | None = None
         #: Element-wise largest connected worker (updated as workers come and go).
         self.largest_worker: Resources = Resources(0, 0, 0, 0)
         self._core = ManagerState(validate=validate, default_category=default_category,
@@ -253,8 +284,31 @@ class Manager:
             with self._unfinished_cv:
                 self._unfinished[task.id] = task
             fut.add_done_callback(self._on_future_done)
-            self._post("submit", (task, payload))
+            if task.pack_functions:
+                if self._packer is None:
+                    self._packer = PackBuilder(self.pack_cache, self._pack_ready,
+                                               self._pack_failed)
+                self._packer.submit(task, payload)
+            else:
+                self._post("submit", (task, payload))
         return fut
+
+    def _pack_ready(self, task: Task, payload: bytes, pack: Pack) -> None:
+        """(Pack thread) the task's pack is built: it joins the queue."""
+        task.pack = pack
+        with self._post_lock:
+            if not self._closed:
+                self._post("submit", (task, payload))
+                return
+        self._pack_failed(task, TaskCancelled(
+            f"task {task.id} was waiting for its pack when the manager shut down", task.id))
+
+    def _pack_failed(self, task: Task, exc: BaseException) -> None:
+        """(Pack thread) the task's pack cannot be built: the task fails with why."""
+        if task.future is not None and not task.future.done():
+            with contextlib.suppress(Exception):  # cancelled concurrently
+                task.future.set_exception(exc)
+        self._mark_finished(task)
 
     def _on_future_done(self, fut: Future[Any]) -> None:
         if fut.cancelled():
@@ -331,6 +385,8 @@ class Manager:
                 return
             self._closed = True
             self._post("stop", None)
+        if self._packer is not None:
+            self._packer.close()  # tasks still waiting for packs are cancelled
         if wait:
             self._thread.join()
 
@@ -453,6 +509,7 @@ class Manager:
             tasks_cancelled=c["tasks_cancelled"],
             files_sent=c["files_sent"],
             tasks_prefetched=c["tasks_prefetched"],
+            packs_sent=c["packs_sent"],
         )
 
     # ---------------------------------------------------------------- sending
@@ -496,6 +553,10 @@ class Manager:
             try:
                 msg = m.decode(data)
             except ProtocolError as exc:
+                versions = m.hello_versions(data) if wid not in self._conns else None
+                if versions is not None and versions[0] != m.PROTOCOL_VERSION:
+                    self._refuse_version(identity, wid, *versions)
+                    continue
                 log.warning("worker %s sent a malformed message (%s); disconnecting it", wid, exc)
                 self._reject(identity, f"malformed message: {exc}")
                 self._lose_worker(wid, now, "protocol error")
@@ -514,12 +575,33 @@ class Manager:
                         self._reject(identity, f"bad result: {exc}")
                         self._lose_worker(wid, now, "sent a bad result")
                         break
+            elif isinstance(msg, m.PackProgress):
+                self._pump(wid, self._conns[wid], msg.digest, msg.received)
+            elif isinstance(msg, m.PackState):
+                conn = self._conns[wid]
+                conn.sending.pop(msg.digest, None)
+                if msg.ok or not msg.resend:  # a pack it cannot use: its tasks fail there
+                    conn.packs.add(msg.digest)
+                else:
+                    conn.packs.discard(msg.digest)  # sent again with its next task
+                if not msg.ok:
+                    log.warning("worker %s (%s) cannot use pack %s: %s", wid, conn.hostname,
+                                msg.digest[:12], msg.message)
             elif isinstance(msg, m.Goodbye):
                 self._lose_worker(wid, now, f"worker left: {msg.reason}")
 
     def _reject(self, identity: bytes, reason: str) -> None:
         with contextlib.suppress(zmq.ZMQError):
             self._router.send_multipart([identity, m.encode(m.Reject(reason))])
+
+    def _refuse_version(self, identity: bytes, who: str, protocol: int, version: str) -> None:
+        reason = (
+            f"protocol version mismatch: this manager (packmule {__version__}) speaks "
+            f"protocol {m.PROTOCOL_VERSION}, the worker (packmule {version}) speaks "
+            f"{protocol}. Install packmule=={__version__} where the worker runs."
+        )
+        log.error("refused worker %s: %s", who, reason)
+        self._reject(identity, reason)
 
     def _hello(self, identity: bytes, wid: str, msg: m.Message, now: float) -> None:
         if not isinstance(msg, m.Hello):
@@ -529,13 +611,8 @@ class Manager:
             self._reject(identity, "this manager declared the worker lost; reconnect")
             return
         if msg.protocol != m.PROTOCOL_VERSION:
-            reason = (
-                f"protocol version mismatch: this manager (packmule {__version__}) speaks "
-                f"protocol {m.PROTOCOL_VERSION}, the worker (packmule {msg.version}) speaks "
-                f"{msg.protocol}. Install packmule=={__version__} where the worker runs."
-            )
-            log.error("refused worker %s (pid %d): %s", msg.hostname, msg.pid, reason)
-            self._reject(identity, reason)
+            self._refuse_version(identity, f"{msg.hostname} (pid {msg.pid})", msg.protocol,
+                                 msg.version)
             return
         try:
             size = Resources(**msg.resources)
@@ -546,7 +623,8 @@ class Manager:
             log.error("refused worker %s: %s", msg.hostname, reason)
             self._reject(identity, reason)
             return
-        self._conns[wid] = WorkerConn(identity, msg.hostname, msg.pid, size)
+        self._conns[wid] = WorkerConn(identity, msg.hostname, msg.pid, size,
+                                      packs=set(msg.packs))
         self._core.add_worker(wid, size, now)
         self.largest_worker = self._core.largest_worker()
         self._counters["workers_joined"] += 1
@@ -723,6 +801,8 @@ class Manager:
             )
         if r.status is S.SETUP_ERROR:
             return FileTransferError(f"task {tid}: {r.message}", tid)
+        if r.status is S.PACK_ERROR:
+            return PackError(f"task {tid}: {r.message}")
         return TaskError(f"task {tid} failed: {r.message}", tid)
 
     def _finish(self, tid: int, value: Any) -> None:
@@ -816,6 +896,16 @@ class Manager:
         task.allocation = a.allocation
         task.start_time = time.time()
         inputs = []
+        if task.pack is not None and task.pack.digest not in conn.packs:
+            try:
+                if not self._send_pack(a.worker, conn, task.pack):
+                    return None  # the worker is gone; its tasks were requeued
+            except OSError as exc:
+                self._core.cancel(a.task_id, now)
+                self._finish_error(a.task_id, PackError(
+                    f"cannot read the environment pack {task.pack.path} of task {a.task_id}: "
+                    f"{exc}; it was removed from the pack cache while in use?"))
+                return None
         try:
             for f in task.input_files:
                 if f.cache:
@@ -853,7 +943,40 @@ class Manager:
             inputs=inputs,
             outputs=[f.sandbox_name for f in task.output_files],
             timeout=task.timeout,
+            pack=task.pack.digest if task.pack is not None else "",
         )
+
+    def _send_pack(self, wid: str, conn: WorkerConn, pack: Pack) -> bool:
+        """Start sending a pack to a worker (once), mapped from its file so that
+        no copy is held; the worker's progress reports pace the rest."""
+        with open(pack.path, "rb") as f:
+            data = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        conn.sending[pack.digest] = _Transfer(pack, memoryview(data))
+        conn.packs.add(pack.digest)
+        self._counters["packs_sent"] += 1
+        return self._pump(wid, conn, pack.digest, 0)
+
+    def _pump(self, wid: str, conn: WorkerConn, digest: str, received: int) -> bool:
+        """Send the next pieces of a pack, keeping at most PACK_WINDOW bytes in
+        flight: heartbeats and tasks go out between them. False: worker gone."""
+        t = conn.sending.get(digest)
+        if t is None:
+            return True
+        p = t.pack
+        while t.sent < p.size and t.sent - received < PACK_WINDOW:
+            chunk = t.data[t.sent:t.sent + PACK_CHUNK]
+            header = m.encode(m.PutPack(p.digest, p.sha256, p.size, t.sent))
+            try:
+                self._router.send_multipart([conn.identity, header, chunk], copy=False)
+            except zmq.ZMQError as exc:
+                if exc.errno == errno.EHOSTUNREACH:
+                    self._lose_worker(wid, time.monotonic(), "connection closed")
+                    return False
+                raise
+            t.sent += len(chunk)
+        if received >= p.size:
+            del conn.sending[digest]
+        return True
 
     # ---------------------------------------------------------------- shutdown
     def _stop(self, now: float) -> None:

@@ -22,7 +22,7 @@ import msgpack
 from ..errors import ProtocolError
 
 #: Bump when a message changes shape; peers of another version are refused.
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 
 
 class TaskStatus(str, enum.Enum):
@@ -35,6 +35,7 @@ class TaskStatus(str, enum.Enum):
     EXHAUSTED = "exhausted"  #: killed for using more memory or disk than allocated
     FORSAKEN = "forsaken"  #: the worker could not run it (did not fit); not the task's fault
     SETUP_ERROR = "setup_error"  #: the sandbox or an input file could not be prepared
+    PACK_ERROR = "pack_error"  #: the task's environment pack cannot be used on this worker
 
 
 class Message:
@@ -134,6 +135,19 @@ def decode(data: bytes) -> Message:
         raise ProtocolError(f"malformed {cls.__name__}: {exc}") from None
 
 
+def hello_versions(data: bytes) -> tuple[int, str] | None:
+    """(protocol, packmule version) of a Hello of any protocol version, else None:
+    its first fields never change, so a peer of another version is named clearly."""
+    try:
+        raw = msgpack.unpackb(data, raw=False, strict_map_key=False)
+    except Exception:
+        return None
+    if (isinstance(raw, list) and len(raw) > 2 and raw[0] == Hello.TAG
+            and isinstance(raw[1], int) and isinstance(raw[2], str)):
+        return raw[1], raw[2]
+    return None
+
+
 # ---------------------------------------------------------------- structures
 
 
@@ -166,6 +180,7 @@ class TaskSpec:
     inputs: list[InputFile]
     outputs: list[str]
     timeout: float  # wall-time limit in seconds, 0 for none
+    pack: str  # digest of the environment pack to run in (sent with PutPack), "" for none
 
 
 @struct
@@ -201,6 +216,7 @@ class Hello(Message):
     hostname: str
     pid: int
     resources: dict[str, int]
+    packs: list[str]  # digests of the environment packs it has cached
 
 
 @message(2)
@@ -219,6 +235,28 @@ class WorkerHeartbeat(Message):
 @dataclasses.dataclass(frozen=True, slots=True)
 class Goodbye(Message):
     reason: str
+
+
+@message(5)
+@dataclasses.dataclass(frozen=True, slots=True)
+class PackState(Message):
+    """A pack is ready on the worker (sent after ``Welcome`` for each one it has
+    cached, and when one arrives), or ``ok`` false: it cannot be used there
+    (``resend``: it arrived damaged; send it again with its next task)."""
+
+    digest: str
+    ok: bool
+    message: str
+    resend: bool
+
+
+@message(6)
+@dataclasses.dataclass(frozen=True, slots=True)
+class PackProgress(Message):
+    """Bytes of a pack received so far: the manager sends more (flow control)."""
+
+    digest: str
+    received: int
 
 
 # ---------------------------------------------------------------- manager -> worker
@@ -269,3 +307,15 @@ class ManagerHeartbeat(Message):
 @dataclasses.dataclass(frozen=True, slots=True)
 class Exit(Message):
     reason: str
+
+
+@message(17)
+@dataclasses.dataclass(frozen=True, slots=True)
+class PutPack(Message):
+    """A piece of an environment pack: the bytes at ``offset`` of its tar
+    (``size`` bytes in all) follow as a second, raw frame."""
+
+    digest: str
+    sha256: str
+    size: int
+    offset: int

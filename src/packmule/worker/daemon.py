@@ -30,11 +30,13 @@ import msgpack
 import zmq
 
 from .._version import __version__
+from ..envpack.unpack import default_cache_root
 from ..errors import ProtocolError
 from ..protocol import messages as m
 from ..protocol.security import derive_keys
 from ..resources import Resources
 from .monitor import DISK_INTERVAL, MB, CgroupRoot, MemoryCgroup, TreeSampler, tree_size
+from .packs import PackCache, Unpacked
 from .runner import BOARD_SIZE, read_board
 
 log = logging.getLogger("packmule.worker")
@@ -86,10 +88,12 @@ class Runner:
     sandbox: Path
     #: Its memory cgroup, where the worker can make one (the limit is set per task).
     cgroup: MemoryCgroup | None = None
-    #: (CORES, CUDA_VISIBLE_DEVICES) of the first task it ran. Libraries read
-    #: these once (CUDA at initialisation, BLAS pools at import), so a runner
-    #: only takes tasks with the same settings afterwards.
-    settings: tuple[str, str] | None = None
+    #: (CORES, CUDA_VISIBLE_DEVICES, pack) of the first task it ran. Libraries
+    #: read the first two once (CUDA at initialisation, BLAS pools at import), so
+    #: a runner only takes tasks with the same settings afterwards.
+    settings: tuple[str, str, str] | None = None
+    #: Digest of the environment pack whose interpreter it runs ("": the worker's).
+    pack: str = ""
 
     def __post_init__(self) -> None:
         #: The runner posts (task number, baseline) here (see runner.Board).
@@ -186,7 +190,8 @@ class Running:
         return min(times)
 
 
-def _spawn_runner(sandbox: Path, cgroups: CgroupRoot | None) -> Runner:
+def _spawn_runner(sandbox: Path, cgroups: CgroupRoot | None, python: str = sys.executable,
+                  env: dict[str, str] | None = None, pack: str = "") -> Runner:
     sandbox.mkdir()
     board = str(sandbox) + ".board"
     with open(board, "wb") as f:
@@ -194,13 +199,14 @@ def _spawn_runner(sandbox: Path, cgroups: CgroupRoot | None) -> Runner:
     Path(str(sandbox) + ".radio").mkdir()
     parent, child = socket.socketpair()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "packmule.worker.runner", str(child.fileno()), board],
+        [python, "-m", "packmule.worker.runner", str(child.fileno()), board],
         pass_fds=(child.fileno(),),
         start_new_session=True,
         stdin=subprocess.DEVNULL,
+        env=env,
     )
     child.close()
-    runner = Runner(proc, Connection(parent.detach()), sandbox)
+    runner = Runner(proc, Connection(parent.detach()), sandbox, pack=pack)
     with open(board, "r+b") as f:
         runner.board = mmap.mmap(f.fileno(), BOARD_SIZE)
     if cgroups is not None:
@@ -226,6 +232,7 @@ class Worker:
         connect_timeout: float = CONNECT_TIMEOUT,
         single_shot: bool = False,
         enforce: str = "auto",
+        pack_cache: Path | None = None,
     ) -> None:
         if not resources.is_complete:
             raise ValueError(f"worker size must be complete, got {resources}")
@@ -239,6 +246,7 @@ class Worker:
         self.hostname = socket.gethostname()
         self.workspace = workdir / f"worker-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self._stop_reason: str | None = None
+        self.packs = PackCache(pack_cache or default_cache_root())
         if enforce not in ENFORCEMENT:
             raise ValueError(f"enforce must be one of {', '.join(ENFORCEMENT)}, got {enforce!r}")
         self.cgroups = None if enforce == "poll" else CgroupRoot.create(self.workspace.name)
@@ -285,6 +293,7 @@ class Worker:
                 signal.signal(s, h)
             sig_r.close()
             sig_w.close()
+            self.packs.close()
             shutil.rmtree(self.workspace, ignore_errors=True)
             if self.cgroups is not None:
                 self.cgroups.remove()
@@ -340,6 +349,7 @@ class Worker:
                 m.Hello(
                     m.PROTOCOL_VERSION, __version__, self.workspace.name, self.hostname,
                     os.getpid(), {k: int(v or 0) for k, v in self.size.as_dict().items()},
+                    self.packs.scan(),
                 )
             )
             try:
@@ -355,6 +365,7 @@ class Worker:
                     self._send(m.Goodbye(end.why))
             return self.welcomed, end
         finally:
+            self.packs.forget_waiting()
             for r in [*self.idle, *(run.runner for run in self.running.values())]:
                 r.kill()
             sock.disable_monitor()
@@ -371,6 +382,7 @@ class Worker:
         poller.register(self.sock, zmq.POLLIN)
         poller.register(self.monitor, zmq.POLLIN)
         poller.register(self._sig, zmq.POLLIN)
+        poller.register(self.packs.fileno(), zmq.POLLIN)
         connect_deadline = time.monotonic() + self.connect_timeout
         heartbeat = 1.0
         lease = 30.0
@@ -397,12 +409,12 @@ class Worker:
             if self.sock in events or self.monitor in events:
                 while True:
                     try:
-                        data = self.sock.recv(zmq.NOBLOCK)
+                        frames = self.sock.recv_multipart(zmq.NOBLOCK, copy=False)
                     except zmq.Again:
                         break
                     last_heard = now
                     try:
-                        msg = m.decode(data)
+                        msg = m.decode(frames[0].bytes)
                     except ProtocolError as exc:
                         log.error("the manager sent a message this worker cannot read: %s", exc)
                         raise _SessionEnd(ExitCode.REJECTED, f"protocol error: {exc}") from None
@@ -422,6 +434,15 @@ class Worker:
                     elif isinstance(msg, m.Dispatch):
                         for spec in msg.tasks:
                             self._begin(spec, now, poller, by_fd, results)
+                    elif isinstance(msg, m.PutPack):
+                        if len(frames) != 2:
+                            raise _SessionEnd(ExitCode.REJECTED, "a pack came without its data")
+                        got = self.packs.receive(msg, frames[1])
+                        if isinstance(got, int):
+                            self._send(m.PackProgress(msg.digest, got))
+                        elif got is not None:  # refused at once (no room on disk)
+                            self._pack_done(got, self.packs.pending.pop(msg.digest, []), now,
+                                            poller, by_fd, results)
                     elif isinstance(msg, m.PutFile):
                         (self.workspace / "cache" / msg.cache_name).write_bytes(msg.data)
                     elif isinstance(msg, m.Kill):
@@ -432,6 +453,9 @@ class Worker:
                             run.runner.kill()
             if self.monitor in events:
                 self._monitor_events()
+            if self.packs.fileno() in events:
+                for done, waiting in self.packs.finished():
+                    self._pack_done(done, waiting, now, poller, by_fd, results)
             for fd, key in list(by_fd.items()):
                 if fd in events:
                     run = self.running[key]
@@ -492,21 +516,27 @@ class Worker:
         while len(self.idle) < want:
             self.idle.append(self._new_runner())
 
-    def _runner_for(self, settings: tuple[str, str]) -> Runner:
+    def _runner_for(self, settings: tuple[str, str, str]) -> Runner:
         """An idle runner that ran tasks with these settings, else a fresh one."""
-        for pick in (lambda r: r.settings == settings, lambda r: r.settings is None):
+        pack = settings[2]
+        for fresh in (False, True):  # the same settings first, else a fresh one
             for i, r in enumerate(self.idle):
-                if pick(r):
+                if (r.settings is None and r.pack == pack) if fresh else r.settings == settings:
                     del self.idle[i]
                     r.settings = settings
                     return r
-        runner = self._new_runner()
+        runner = self._new_runner(pack)
         runner.settings = settings
         return runner
 
-    def _new_runner(self) -> Runner:
+    def _new_runner(self, pack: str = "") -> Runner:
+        """A fresh runner: the worker's own interpreter, or a pack's."""
         self._runner_count += 1
-        return _spawn_runner(self.workspace / f"r{self._runner_count}", self.cgroups)
+        sandbox = self.workspace / f"r{self._runner_count}"
+        if not pack:
+            return _spawn_runner(sandbox, self.cgroups)
+        return _spawn_runner(sandbox, self.cgroups, self.packs.interpreter(pack),
+                             self.packs.environment(), pack)
 
     def _result(self, run: Running, status: m.TaskStatus, message: str,
                 measured: dict[str, float] | None = None,
@@ -574,6 +604,19 @@ class Worker:
         except (TypeError, ValueError) as exc:
             log.error("the manager sent a bad allocation %r: %s", spec.allocation, exc)
             raise _SessionEnd(ExitCode.REJECTED, f"bad allocation: {exc}") from None
+        if spec.pack and spec.pack not in self.packs.ready:
+            waiting = self.packs.pending.get(spec.pack)
+            if waiting is not None:
+                waiting.append(spec)  # starts when its pack is unpacked
+                return
+            error = self.packs.failed.get(spec.pack)
+            if error is not None:
+                results.append(self._reply(spec, m.TaskStatus.PACK_ERROR, error))
+                return
+            self._send(m.PackState(spec.pack, False, "not on this worker", True))
+            results.append(self._reply(spec, m.TaskStatus.FORSAKEN,
+                                       f"pack {spec.pack[:12]} is not on {self.hostname}"))
+            return
         if not alloc.fits_in(self.free) and alloc.fits_in(self.size):
             self.queued[(spec.task_id, spec.attempt)] = spec  # starts when room frees
             return
@@ -584,6 +627,22 @@ class Worker:
             by_fd[r.fd] = (spec.task_id, spec.attempt)
             poller.register(r.fd, zmq.POLLIN)
 
+    def _pack_done(self, done: Unpacked, waiting: list[m.TaskSpec], now: float,
+                   poller: zmq.Poller, by_fd: dict[int, tuple[int, int]],
+                   results: list[m.TaskResult]) -> None:
+        """A pack is unpacked (its tasks start), or failed (they fail, or go back
+        to the manager when the pack arrived damaged and will be sent again)."""
+        ok = done.root is not None
+        self._send(m.PackState(done.digest, ok, done.error, done.corrupted))
+        if not ok:
+            log.error("%s", done.error)
+        for spec in waiting:
+            if ok:
+                self._begin(spec, now, poller, by_fd, results)
+            else:
+                status = m.TaskStatus.FORSAKEN if done.corrupted else m.TaskStatus.PACK_ERROR
+                results.append(self._reply(spec, status, done.error))
+
     def _start(self, spec: m.TaskSpec, alloc: Resources, now: float) -> Running | m.TaskResult:
         if not alloc.fits_in(self.free):
             return self._reply(
@@ -592,7 +651,8 @@ class Worker:
             )
         cores = str(max(1, alloc.cores or 0))
         gpus = [self.free_gpus.pop(0) for _ in range(alloc.gpus or 0)]
-        runner = self._runner_for((cores, ",".join(gpus)))
+        settings = (cores, ",".join(gpus), spec.pack)
+        runner = self._runner_for(settings)
         try:
             self._prepare(spec, runner.sandbox)
         except OSError as exc:
@@ -604,7 +664,7 @@ class Worker:
         except OSError:
             # The runner died while idle (say, the OOM killer): one fresh try.
             runner.kill()
-            runner = self._runner_for((cores, ",".join(gpus)))
+            runner = self._runner_for(settings)
             try:
                 self._prepare(spec, runner.sandbox)
                 run = self._launch(spec, runner, alloc, cores, gpus, now)

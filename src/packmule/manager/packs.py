@@ -1,0 +1,79 @@
+"""Environment packs on the manager side: analysed and built in the background,
+so that ``submit()`` never waits for them; each task is queued once its pack
+is ready, or failed with the build's error."""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from ..envpack import Pack, analyze, build_pack
+from ..errors import PackError
+from ..task import Task
+
+log = logging.getLogger("packmule.manager")
+
+Ready = Callable[[Task, bytes, Pack], None]
+Failed = Callable[[Task, BaseException], None]
+
+
+def _key(funcs: Sequence[Callable[..., Any]], extra: Sequence[str]) -> tuple[object, ...]:
+    names = tuple((getattr(f, "__module__", None), getattr(f, "__qualname__", repr(f)))
+                  for f in funcs)
+    return names, tuple(sorted(extra))
+
+
+class PackBuilder:
+    """One background thread: finds each task's pack (analysis cached per
+    function, packs cached on disk by digest) and hands the task on."""
+
+    def __init__(self, cache_dir: Path | None, ready: Ready, failed: Failed) -> None:
+        self.cache_dir = cache_dir
+        self._ready, self._failed = ready, failed
+        self._inbox: queue.SimpleQueue[tuple[Task, bytes] | None] = queue.SimpleQueue()
+        #: (functions, extra_pkgs) -> the pack, or the error building it gave.
+        self._packs: dict[tuple[object, ...], Pack | PackError] = {}
+        self._thread = threading.Thread(target=self._run, name="packmule-packs", daemon=True)
+        self._thread.start()
+
+    def submit(self, task: Task, payload: bytes) -> None:
+        self._inbox.put((task, payload))
+
+    def close(self) -> None:
+        """Stop after the tasks already handed in (they go on to ``ready``/``failed``)."""
+        self._inbox.put(None)
+        self._thread.join()
+
+    def _run(self) -> None:
+        while (item := self._inbox.get()) is not None:
+            task, payload = item
+            try:
+                pack = self.pack_for(task.pack_functions, task.extra_pkgs)
+            except Exception as exc:
+                self._failed(task, exc)
+            else:
+                self._ready(task, payload, pack)
+
+    def pack_for(self, funcs: Sequence[Callable[..., Any]], extra: Sequence[str]) -> Pack:
+        """The pack these functions need (analysed once per function in this manager)."""
+        key = _key(funcs, extra)
+        got = self._packs.get(key)
+        if got is None:
+            try:
+                spec = analyze(funcs, extra)
+                got = build_pack(spec, self.cache_dir)
+                log.info("environment pack %s ready: %s (%.0f MB)", got.digest[:12],
+                         ", ".join(f"{n} {v}" for n, v in spec.distributions.items()),
+                         got.size / 1e6)
+            except PackError as exc:
+                got = exc
+            except OSError as exc:
+                got = PackError(f"cannot build the environment pack: {exc}")
+            self._packs[key] = got
+        if isinstance(got, PackError):
+            raise type(got)(str(got))  # a fresh exception for each task's future
+        return got

@@ -1,0 +1,182 @@
+"""The worker's environment packs: received once, unpacked in the background,
+cached on the node by digest (surviving worker restarts), and run by warm
+runners started with the pack's own interpreter."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import queue
+import shutil
+import socket
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+import zmq
+
+from ..envpack.unpack import COMPLETE, pack_python, unpack
+from ..errors import PackCorrupted, PackError
+from ..protocol import messages as m
+
+#: Variables of the worker's own Python that must not leak into a pack's interpreter.
+_FOREIGN_ENV = ("PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP", "PYTHONUSERBASE", "VIRTUAL_ENV")
+
+
+@dataclass(frozen=True)
+class Unpacked:
+    """How one background unpack ended."""
+
+    digest: str
+    root: Path | None  # None: it failed
+    error: str = ""
+    corrupted: bool = False  # a damaged transfer: worth sending again
+
+
+@dataclass
+class _Incoming:
+    """A pack arriving piece by piece into a file next to the cache."""
+
+    msg: m.PutPack
+    path: Path
+    file: BinaryIO
+    received: int = 0
+
+
+class PackCache:
+    """Packs on this node under ``root/<digest>/``, and unpacks in progress."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.ready: dict[str, Path] = {}
+        #: Digests being unpacked, with the tasks waiting for each.
+        self.pending: dict[str, list[m.TaskSpec]] = {}
+        self._incoming: dict[str, _Incoming] = {}
+        #: Packs that cannot be used here, with why (until one is sent again).
+        self.failed: dict[str, str] = {}
+        self._done: queue.SimpleQueue[Unpacked] = queue.SimpleQueue()
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+
+    def fileno(self) -> int:
+        """Readable when an unpack has ended (register it with the poller)."""
+        return self._wake_r.fileno()
+
+    def scan(self) -> list[str]:
+        """Digests of the packs already complete on this node (from earlier runs too)."""
+        with contextlib.suppress(OSError):
+            for d in self.root.iterdir():
+                if (d / COMPLETE).exists():
+                    self.ready[d.name] = d
+        return sorted(self.ready)
+
+    def receive(self, msg: m.PutPack, data: zmq.Frame | bytes) -> int | Unpacked | None:
+        """Store a piece of a pack. Returns the bytes received so far, or how the
+        pack failed at once (it does not fit on disk), or None (nothing to say)."""
+        digest = msg.digest
+        if digest in self.ready:
+            return None
+        inc = self._incoming.get(digest)
+        if msg.offset == 0 and inc is None:
+            self.failed.pop(digest, None)
+            try:
+                inc = self._start(msg)
+            except (PackError, OSError) as exc:
+                return self._fail(digest, str(exc))
+        if inc is None or msg.offset != inc.received:
+            return None  # the rest of a transfer that already failed
+        buf = data.buffer if isinstance(data, zmq.Frame) else data
+        try:
+            inc.file.write(buf)
+        except OSError as exc:
+            return self._fail(digest, f"cannot store pack {digest[:12]} in {self.root}: {exc}")
+        inc.received += len(buf)
+        if inc.received >= msg.size:
+            inc.file.close()
+            del self._incoming[digest]
+            threading.Thread(target=self._unpack, args=(inc,), daemon=True,
+                             name=f"packmule-unpack-{digest[:12]}").start()
+        return inc.received
+
+    def _start(self, msg: m.PutPack) -> _Incoming:
+        self.root.mkdir(parents=True, exist_ok=True)
+        free = shutil.disk_usage(self.root).free
+        if 2 * msg.size > free:  # the tar, then what it unpacks to
+            raise PackError(
+                f"pack {msg.digest[:12]} needs about {2 * msg.size / 1e6:.0f} MB of disk to "
+                f"arrive and unpack, but {self.root} has {free / 1e6:.0f} MB free: free some "
+                "space, or give the worker --pack-cache on a larger disk")
+        path = self.root / f".incoming-{msg.digest[:32]}-{os.getpid()}.tar"
+        inc = _Incoming(msg, path, open(path, "wb"))  # noqa: SIM115 (closed when complete)
+        self._incoming[msg.digest] = inc
+        self.pending.setdefault(msg.digest, [])
+        return inc
+
+    def _fail(self, digest: str, error: str) -> Unpacked:
+        inc = self._incoming.pop(digest, None)
+        if inc is not None:
+            inc.file.close()
+            with contextlib.suppress(OSError):
+                inc.path.unlink()
+        self.pending.setdefault(digest, [])
+        self.failed[digest] = error
+        return Unpacked(digest, None, error)
+
+    def _unpack(self, inc: _Incoming) -> None:
+        msg = inc.msg
+        try:
+            done = Unpacked(msg.digest, unpack(inc.path, msg.digest, msg.sha256, self.root))
+        except PackCorrupted as exc:
+            done = Unpacked(msg.digest, None, str(exc), corrupted=True)
+        except PackError as exc:
+            done = Unpacked(msg.digest, None, str(exc))
+        except OSError as exc:
+            done = Unpacked(msg.digest, None,
+                            f"cannot unpack pack {msg.digest[:12]} in {self.root}: {exc}")
+        finally:
+            with contextlib.suppress(OSError):
+                inc.path.unlink()
+        self._done.put(done)
+        with contextlib.suppress(OSError):
+            self._wake_w.send(b"x")
+
+    def finished(self) -> list[tuple[Unpacked, list[m.TaskSpec]]]:
+        """Unpacks that ended since the last call, with the tasks that waited for them."""
+        with contextlib.suppress(BlockingIOError):
+            while self._wake_r.recv(4096):
+                pass
+        out: list[tuple[Unpacked, list[m.TaskSpec]]] = []
+        while True:
+            try:
+                done = self._done.get_nowait()
+            except queue.Empty:
+                return out
+            if done.root is not None:
+                self.ready[done.digest] = done.root
+            elif not done.corrupted:
+                self.failed[done.digest] = done.error
+            out.append((done, self.pending.pop(done.digest, [])))
+
+    def forget_waiting(self) -> None:
+        """A session ended: the manager requeues the tasks that waited for packs,
+        and sends again what had not fully arrived."""
+        for waiting in self.pending.values():
+            waiting.clear()
+        for digest in list(self._incoming):
+            self._fail(digest, "")
+            self.pending.pop(digest, None)
+        self.failed.clear()
+
+    def interpreter(self, digest: str) -> str:
+        return str(pack_python(self.ready[digest]))
+
+    @staticmethod
+    def environment() -> dict[str, str]:
+        """The worker's environment without what points at its own Python."""
+        return {k: v for k, v in os.environ.items() if k not in _FOREIGN_ENV}
+
+    def close(self) -> None:
+        self.forget_waiting()
+        self._wake_r.close()
+        self._wake_w.close()
