@@ -25,6 +25,14 @@ def test_parsl_demo_behaves_as_described() -> None:
     assert "at most 2 ran at once" in res.stdout
 
 
+def test_pack_demo_runs_in_the_pack() -> None:
+    res = subprocess.run([sys.executable, str(ROOT / "examples" / "pack_demo.py")],
+                         capture_output=True, text=True, timeout=300, check=False)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "No module named 'pack_helper'" in res.stdout
+    assert "all ran in the same pack: True" in res.stdout
+
+
 def test_throughput_benchmark_prints_json() -> None:
     res = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "throughput.py"), "--quick"],
                          capture_output=True, text=True, timeout=300, check=False)

@@ -203,3 +203,41 @@ def test_a_node_without_python_runs_packed_tasks(node: Node) -> None:
     assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
     version, prefix = mgr.submit(PythonTask(numpy_version, pack=True)).result(timeout=120)
     assert version == np.__version__ and Path(prefix).parent == node.tmp / "node-packs"
+
+
+def test_parsl_pack_true_runs_the_spec_examples(tmp_path: Path, worker_env: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    parsl = pytest.importorskip("parsl")
+    from parsl.config import Config
+
+    from packmule import WorkQueueExecutor
+
+    from .test_cluster import max_overlap
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # the manager's packs
+
+    @parsl.python_app
+    def compute(x: int, parsl_resource_specification: dict[str, int] = {  # noqa: B006
+            "cores": 1, "memory": 1000, "disk": 1000}) -> tuple[int, float, float, str]:
+        import time
+
+        import numpy
+
+        start = time.time()
+        time.sleep(0.5)
+        return int(numpy.int64(x) * 2), start, time.time(), numpy.__version__
+
+    ex = WorkQueueExecutor(
+        pack=True, worker_executable=f"{worker_env / 'bin' / 'python'} -m packmule worker",
+        worker_options=f"--cores 2 --memory 4000 --disk 4000 --pack-cache {tmp_path / 'node'}",
+    )
+    config = Config(executors=[ex], run_dir=str(tmp_path / "runinfo"), strategy_period=0.1)
+    with parsl.load(config):
+        futs = [compute(i) for i in range(4)]
+        futs += [compute(i, parsl_resource_specification={"cores": 1, "memory": 500,
+                                                          "disk": 500}) for i in range(4, 6)]
+        results = [f.result(timeout=180) for f in futs]
+        assert ex.manager is not None and ex.manager.stats().packs_sent == 1
+    assert [r[0] for r in results] == [i * 2 for i in range(6)]
+    assert {r[3] for r in results} == {np.__version__}  # numpy from the pack
+    assert max_overlap([(s, e) for _, s, e, _ in results]) == 2

@@ -146,8 +146,7 @@ def test_constructor_fixes_the_originals_traps(tmp_path: Path) -> None:
                       autolabel=True, autolabel_window=3, autocategory=False,
                       scaling_cores_per_worker=2, init_command="true", storage_access=[])
     assert "WorkQueueExecutor(" in repr(a)
-    with pytest.raises(NotImplementedError, match="pack=True"):
-        WorkQueueExecutor(pack=True)
+    assert WorkQueueExecutor(pack=True, extra_pkgs=["numpy"]).pack  # see test_pack_cluster
 
 
 def test_port_in_use_fails_at_load(tmp_path: Path) -> None:

@@ -159,11 +159,6 @@ class WorkQueueExecutor(BlockProviderExecutor, RepresentationMixin):
         if provider is None:
             provider = LocalProvider(init_blocks=1, min_blocks=0, max_blocks=1)
         BlockProviderExecutor.__init__(self, provider=provider, block_error_handler=True)
-        if pack:
-            raise NotImplementedError(
-                "pack=True is not available in this packmule version yet; install the app's "
-                "dependencies where the workers run, or use a shared environment"
-            )
         if project_password_file is not None and not os.path.isfile(project_password_file):
             raise ExecutorError(
                 self, f"project_password_file {project_password_file!r} does not exist"
@@ -282,6 +277,9 @@ class WorkQueueExecutor(BlockProviderExecutor, RepresentationMixin):
             max_retries=self.max_retries, env=self.env,
             input_files=inputs, output_files=outputs,
         )
+        if self.pack:  # built from what the app imports; Parsl runs it on the worker
+            task.pack_functions = (func,)
+            task.extra_pkgs = (*self.extra_pkgs, "parsl")
         fut = self.manager.submit(task)
         assert task.id is not None
         fut.parsl_executor_task_id = task.id  # type: ignore[attr-defined]
