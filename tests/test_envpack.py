@@ -539,3 +539,59 @@ def test_cli_builds_a_worker_pack(tmp_path: Path) -> None:
     assert cached.read_bytes() == (tmp_path / "worker-pack.tar").read_bytes()
     again = run_cli("build", "--worker", cwd=tmp_path)
     assert "found in the cache" in again.stdout
+
+
+# -- the worker's pack cache: pieces, resends, cancels ------------------------------
+
+def pieces(tar: Path, sha: str, transfer: int, size: int = 1000) -> list[tuple[Any, bytes]]:
+    from packmule.protocol import messages as m
+
+    data = tar.read_bytes()
+    return [(m.PutPack(DIGEST, sha, len(data), off, transfer), data[off:off + size])
+            for off in range(0, len(data), size)]
+
+
+def finished_one(cache: Any) -> Any:
+    from .conftest import wait_until
+
+    got = wait_until(lambda: cache.finished(), timeout=30)
+    assert len(got) == 1
+    return got[0]
+
+
+def test_worker_cache_restarts_a_resent_pack_and_ignores_stale_pieces(tmp_path: Path) -> None:
+    from packmule.worker.packs import PackCache
+
+    sha = make_tar(tmp_path / "p.tar", [("bin/python", b"#!/bin/sh\n")])
+    cache = PackCache(tmp_path / "node")
+    first, second = pieces(tmp_path / "p.tar", sha, 1), pieces(tmp_path / "p.tar", sha, 2)
+    assert cache.receive(*first[0]) == 1000  # a sending begins ...
+    assert cache.receive(*second[0]) == 1000  # ... and a resend replaces it
+    assert cache.receive(*first[1]) is None  # a late piece of the first is ignored
+    for piece in second[1:]:
+        got = cache.receive(*piece)
+    assert got == second[-1][0].size
+    done, waiting = finished_one(cache)
+    assert done.root == tmp_path / "node" / DIGEST and done.transfer == 2 and waiting == []
+    assert cache.scan() == [DIGEST]
+    assert [p.name for p in (tmp_path / "node").iterdir()] == [DIGEST]  # no temporaries
+
+
+def test_worker_cache_refuses_bad_pieces_and_drops_cancelled_tasks(tmp_path: Path) -> None:
+    from packmule.protocol import messages as m
+    from packmule.worker.packs import PackCache
+
+    cache = PackCache(tmp_path / "node")
+    bad = cache.receive(m.PutPack("../../etc", "x", 10, 0, 1), b"x" * 10)
+    assert bad is not None and not isinstance(bad, int) and "malformed" in bad.error
+    assert not (tmp_path / "etc").exists()
+    sha = make_tar(tmp_path / "p.tar", [("bin/python", b"#!/bin/sh\n")])
+    (first, *rest) = pieces(tmp_path / "p.tar", sha, 1)
+    cache.receive(*first)
+    spec = m.TaskSpec(7, 1, "python", b"", "", {}, {}, [], [], 0.0, DIGEST)
+    cache.pending[DIGEST].append(spec)
+    cache.drop_task(7, 1)
+    for piece in rest:
+        cache.receive(*piece)
+    _, waiting = finished_one(cache)
+    assert waiting == []

@@ -241,3 +241,33 @@ def test_parsl_pack_true_runs_the_spec_examples(tmp_path: Path, worker_env: Path
     assert [r[0] for r in results] == [i * 2 for i in range(6)]
     assert {r[3] for r in results} == {np.__version__}  # numpy from the pack
     assert max_overlap([(s, e) for _, s, e, _ in results]) == 2
+
+
+def test_cancelled_while_its_pack_builds_never_runs(node: Node) -> None:
+    def never() -> None:
+        raise AssertionError("a cancelled task ran")
+
+    mgr = node.manager
+    fut = mgr.submit(PythonTask(never, pack=True))
+    assert fut.cancel()  # its pack is still being built: no worker is even connected
+    assert mgr.wait(timeout=120)
+    stats = mgr.stats()
+    assert stats.tasks_submitted == 0 and stats.tasks_cancelled == 1 and stats.packs_sent == 0
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("unshare") is None,
+                    reason="a small pack cache needs a tmpfs in a mount namespace (root)")
+def test_a_worker_that_cannot_hold_the_pack_leaves_it_to_others(node: Node) -> None:
+    cache = node.tmp / "node-packs"
+    cache.mkdir()
+    # This worker's pack cache is an 8 MB tmpfs: the pack cannot arrive there.
+    mount = f"mount -t tmpfs -o size=8m none {cache} && exec \"$@\""
+    mgr = node.manager
+    node.start_worker("unshare", "--mount", "sh", "-c", mount, "sh")
+    wait_until(connected(mgr, 1))
+    with pytest.raises(PackError, match="MB of disk"):
+        mgr.submit(PythonTask(numpy_version, pack=True)).result(timeout=120)
+    node.start_worker()  # a worker with room
+    wait_until(connected(mgr, 2))
+    futs = [mgr.submit(PythonTask(numpy_version, pack=True)) for _ in range(4)]
+    assert {f.result(timeout=120)[0] for f in futs} == {np.__version__}

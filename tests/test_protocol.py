@@ -28,9 +28,9 @@ def sample_spec() -> m.TaskSpec:
         m.Welcome(m.PROTOCOL_VERSION, "0.1.0", 5.0, 30.0),
         m.ManagerHeartbeat(),
         m.Kill(3, 1),
-        m.PutPack("ab12", "cd34", 10, 0),
-        m.PackProgress("ab12", 10),
-        m.PackState("ab12", False, "corrupted", True),
+        m.PutPack("ab12", "cd34", 10, 0, 1),
+        m.PackProgress("ab12", 1, 10),
+        m.PackState("ab12", False, "corrupted", True, 1),
     ],
 )
 def test_round_trip(msg: m.Message) -> None:

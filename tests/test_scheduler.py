@@ -322,3 +322,18 @@ def test_result_from_another_worker_is_stale() -> None:
     assert s.complete(1, a.attempt, True, now=1, worker=other) is Verdict.STALE
     assert s.forsake(1, a.attempt, now=1, why="x", worker=other) is Verdict.STALE
     assert s.complete(1, a.attempt, True, now=1, worker=a.worker) is Verdict.DONE
+
+
+def test_a_task_is_not_placed_again_on_a_worker_that_cannot_run_it() -> None:
+    s = state_with_workers(TWO, TWO)
+    s.submit(1, Resources(cores=2), now=0)
+    (a,) = s.schedule(now=0)
+    assert s.forsake(1, a.attempt, now=1, why="pack unusable", worker=a.worker,
+                     avoid=True) is Verdict.REQUEUED
+    (b,) = s.schedule(now=2)
+    assert b.worker != a.worker
+    s.forsake(1, b.attempt, now=3, why="pack unusable", worker=b.worker, avoid=True)
+    assert s.schedule(now=4) == [] and s.tasks[1].state is TaskState.WAITING  # waits for others
+    s.add_worker("w9", TWO, now=5)
+    (c,) = s.schedule(now=6)
+    assert c.worker == "w9"

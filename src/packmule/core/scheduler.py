@@ -57,6 +57,9 @@ class TaskRecord:
     worker: str | None = None
     allocation: Resources | None = None
     requeues: int = 0
+    #: Workers that cannot run this task (say, its environment pack is unusable
+    #: there): it is not placed on them again.
+    avoid: frozenset[str] = frozenset()
     category: str = "default"
     #: FIRST, or MAX after it exhausted an allocation packmule chose: it then
     #: runs again, bigger, ahead of the other waiting tasks.
@@ -208,6 +211,10 @@ class ManagerState:
         self._enqueue(t)
         self._check()
 
+    def current(self, task_id: int, attempt: int, worker: str | None) -> bool:
+        """Whether ``attempt`` is the task's running attempt (on ``worker``, when given)."""
+        return self._current(task_id, attempt, worker) is not None
+
     def _current(self, task_id: int, attempt: int, worker: str | None) -> TaskRecord | None:
         """The task if ``attempt`` is its running attempt (on ``worker``, when given)."""
         t = self.tasks.get(task_id)
@@ -249,12 +256,16 @@ class ManagerState:
         return verdict
 
     def forsake(
-        self, task_id: int, attempt: int, now: float, why: str, worker: str | None = None
+        self, task_id: int, attempt: int, now: float, why: str, worker: str | None = None,
+        avoid: bool = False,
     ) -> Verdict:
-        """The attempt ended through no fault of the task (worker could not run it)."""
+        """The attempt ended through no fault of the task (worker could not run it);
+        with ``avoid``, that worker never can, and the task is not placed there again."""
         t = self._current(task_id, attempt, worker)
         if t is None:
             return Verdict.STALE
+        if avoid and t.worker is not None:
+            t.avoid = t.avoid | {t.worker}
         verdict = self._requeue(t, now, why)
         self._check()
         return verdict
@@ -385,6 +396,8 @@ class ManagerState:
         request = self.request_of(t)
         cat = self.category(t.category)
         for w in workers:
+            if w.id in t.avoid:
+                continue
             b = box(request, w.total)
             if b is not None:
                 b = cat.apply_min(b)
@@ -411,7 +424,7 @@ class ManagerState:
         request = self.request_of(t)
         cat = self.category(t.category)
         for w in workers:
-            if not w.queue_room():
+            if not w.queue_room() or w.id in t.avoid:
                 continue
             b = box(request, w.total)
             if b is not None:
@@ -425,13 +438,14 @@ class ManagerState:
 
     def _fits_some_worker(self, t: TaskRecord) -> bool:
         request = self.request_of(t)
-        return any(box(request, w.total) is not None for w in self.workers.values())
+        return any(box(request, w.total) is not None for w in self.workers.values()
+                   if w.id not in t.avoid)
 
     def _reserve(self, t: TaskRecord, reserved: dict[str, float]) -> None:
         """Hold the worker closest to fitting ``t`` against lower-priority tasks."""
         best: tuple[tuple[int, int], WorkerRecord] | None = None
         for w in self.workers.values():
-            if w.id in reserved or box(self.request_of(t), w.total) is None:
+            if w.id in reserved or w.id in t.avoid or box(self.request_of(t), w.total) is None:
                 continue
             key = (-(w.free.cores or 0), -(w.free.memory or 0))
             if best is None or key < best[0]:

@@ -94,6 +94,7 @@ class WorkerConn:
 class _Transfer:
     """A pack being sent to one worker."""
 
+    id: int
     pack: Pack
     data: memoryview
     sent: int = 0
@@ -232,6 +233,7 @@ class Manager:
         self.host = host
         self._task_log = self.task_log.open("a", buffering=1 << 16)
         self._wake_r, self._wake_w = os.pipe()
+        self._transfer_ids = itertools.count(1)
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
         self._post_lock = threading.Lock()
@@ -467,6 +469,10 @@ class Manager:
     def _command(self, kind: str, arg: Any, now: float) -> None:
         if kind == "submit":
             task, payload = arg
+            if task.future.cancelled():  # while its pack was being built
+                self._counters["tasks_cancelled"] += 1
+                self._mark_finished(task)
+                return
             self._payloads[task.id] = payload
             self._tasks[task.id] = task
             self._future_ids[task.future] = task.id
@@ -576,9 +582,12 @@ class Manager:
                         self._lose_worker(wid, now, "sent a bad result")
                         break
             elif isinstance(msg, m.PackProgress):
-                self._pump(wid, self._conns[wid], msg.digest, msg.received)
+                self._pump(wid, self._conns[wid], msg.digest, msg.transfer, msg.received)
             elif isinstance(msg, m.PackState):
                 conn = self._conns[wid]
+                sending = conn.sending.get(msg.digest)
+                if sending is not None and sending.id != msg.transfer:
+                    continue  # about an earlier sending, or from before this one began
                 conn.sending.pop(msg.digest, None)
                 if msg.ok or not msg.resend:  # a pack it cannot use: its tasks fail there
                     conn.packs.add(msg.digest)
@@ -703,8 +712,19 @@ class Manager:
             verdict = self._core.forsake(r.task_id, r.attempt, now, r.message, worker=wid)
             if verdict is Verdict.FAILED:
                 self._finish_error(r.task_id, WorkerLost(
-                    f"task {r.task_id} was handed back by its workers {MAX_REQUEUES + 1} times "
-                    f"(last: {r.message}); check that its request fits the workers", r.task_id))
+                    f"task {r.task_id} could not be run: its workers handed it back "
+                    f"{MAX_REQUEUES + 1} times (last: {r.message})", r.task_id))
+            return
+        if r.status is S.PACK_ERROR and self._core.current(r.task_id, r.attempt, wid):
+            # That worker cannot use the task's pack; another one may.
+            t = self._core.tasks[r.task_id]
+            if any(w != wid and w not in t.avoid for w in self._conns):
+                verdict = self._core.forsake(r.task_id, r.attempt, now, r.message, worker=wid,
+                                             avoid=True)
+                if verdict is not Verdict.FAILED:
+                    return
+            self._core.cancel(r.task_id, now)
+            self._finish_error(r.task_id, PackError(f"task {r.task_id}: {r.message}"))
             return
         measured = _measured_resources(r)
         cores = r.measured.get("cores")
@@ -801,8 +821,6 @@ class Manager:
             )
         if r.status is S.SETUP_ERROR:
             return FileTransferError(f"task {tid}: {r.message}", tid)
-        if r.status is S.PACK_ERROR:
-            return PackError(f"task {tid}: {r.message}")
         return TaskError(f"task {tid} failed: {r.message}", tid)
 
     def _finish(self, tid: int, value: Any) -> None:
@@ -903,8 +921,8 @@ class Manager:
             except OSError as exc:
                 self._core.cancel(a.task_id, now)
                 self._finish_error(a.task_id, PackError(
-                    f"cannot read the environment pack {task.pack.path} of task {a.task_id}: "
-                    f"{exc}; it was removed from the pack cache while in use?"))
+                    f"cannot send the environment pack {task.pack.path} of task {a.task_id}: "
+                    f"{exc}. Delete it (and its .json) from the pack cache to have it rebuilt"))
                 return None
         try:
             for f in task.input_files:
@@ -950,22 +968,27 @@ class Manager:
         """Start sending a pack to a worker (once), mapped from its file so that
         no copy is held; the worker's progress reports pace the rest."""
         with open(pack.path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            if size != pack.size or not size:
+                raise OSError(f"it has {size} bytes, {pack.size} were built")
             data = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-        conn.sending[pack.digest] = _Transfer(pack, memoryview(data))
+        transfer = next(self._transfer_ids)
+        conn.sending[pack.digest] = _Transfer(transfer, pack, memoryview(data))
         conn.packs.add(pack.digest)
         self._counters["packs_sent"] += 1
-        return self._pump(wid, conn, pack.digest, 0)
+        return self._pump(wid, conn, pack.digest, transfer, 0)
 
-    def _pump(self, wid: str, conn: WorkerConn, digest: str, received: int) -> bool:
+    def _pump(self, wid: str, conn: WorkerConn, digest: str, transfer: int,
+              received: int) -> bool:
         """Send the next pieces of a pack, keeping at most PACK_WINDOW bytes in
         flight: heartbeats and tasks go out between them. False: worker gone."""
         t = conn.sending.get(digest)
-        if t is None:
-            return True
+        if t is None or t.id != transfer:
+            return True  # an answer about an earlier sending
         p = t.pack
         while t.sent < p.size and t.sent - received < PACK_WINDOW:
             chunk = t.data[t.sent:t.sent + PACK_CHUNK]
-            header = m.encode(m.PutPack(p.digest, p.sha256, p.size, t.sent))
+            header = m.encode(m.PutPack(p.digest, p.sha256, p.size, t.sent, t.id))
             try:
                 self._router.send_multipart([conn.identity, header, chunk], copy=False)
             except zmq.ZMQError as exc:

@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from ..envpack import Pack, analyze, build_pack
-from ..errors import PackError
+from ..envpack.analysis import unwrap
+from ..errors import PackError, TaskCancelled
 from ..task import Task
 
 log = logging.getLogger("packmule.manager")
@@ -22,9 +23,10 @@ Failed = Callable[[Task, BaseException], None]
 
 
 def _key(funcs: Sequence[Callable[..., Any]], extra: Sequence[str]) -> tuple[object, ...]:
-    names = tuple((getattr(f, "__module__", None), getattr(f, "__qualname__", repr(f)))
-                  for f in funcs)
-    return names, tuple(sorted(extra))
+    """One function definition (its code object: two lambdas differ, and so does a
+    function defined again in a notebook) with these extra distributions."""
+    code = tuple(getattr(unwrap(f), "__code__", f) for f in funcs)
+    return code, tuple(sorted(extra))
 
 
 class PackBuilder:
@@ -37,6 +39,7 @@ class PackBuilder:
         self._inbox: queue.SimpleQueue[tuple[Task, bytes] | None] = queue.SimpleQueue()
         #: (functions, extra_pkgs) -> the pack, or the error building it gave.
         self._packs: dict[tuple[object, ...], Pack | PackError] = {}
+        self._closing = False
         self._thread = threading.Thread(target=self._run, name="packmule-packs", daemon=True)
         self._thread.start()
 
@@ -44,13 +47,19 @@ class PackBuilder:
         self._inbox.put((task, payload))
 
     def close(self) -> None:
-        """Stop after the tasks already handed in (they go on to ``ready``/``failed``)."""
+        """Stop: the build under way finishes; tasks still waiting for theirs are cancelled."""
+        self._closing = True
         self._inbox.put(None)
         self._thread.join()
 
     def _run(self) -> None:
         while (item := self._inbox.get()) is not None:
             task, payload = item
+            if self._closing:
+                self._failed(task, TaskCancelled(
+                    f"task {task.id} was waiting for its environment pack when the manager "
+                    "shut down", task.id))
+                continue
             try:
                 pack = self.pack_for(task.pack_functions, task.extra_pkgs)
             except Exception as exc:
@@ -71,8 +80,8 @@ class PackBuilder:
                          got.size / 1e6)
             except PackError as exc:
                 got = exc
-            except OSError as exc:
-                got = PackError(f"cannot build the environment pack: {exc}")
+            except OSError as exc:  # perhaps passing (a full disk): not remembered
+                raise PackError(f"cannot build the environment pack: {exc}") from None
             self._packs[key] = got
         if isinstance(got, PackError):
             raise type(got)(str(got))  # a fresh exception for each task's future

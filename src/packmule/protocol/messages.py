@@ -248,6 +248,7 @@ class PackState(Message):
     ok: bool
     message: str
     resend: bool
+    transfer: int  # the PutPack transfer this answers; 0: none (the worker lacks the pack)
 
 
 @message(6)
@@ -256,6 +257,7 @@ class PackProgress(Message):
     """Bytes of a pack received so far: the manager sends more (flow control)."""
 
     digest: str
+    transfer: int
     received: int
 
 
@@ -319,3 +321,4 @@ class PutPack(Message):
     sha256: str
     size: int
     offset: int
+    transfer: int  # numbers one sending of a pack to a worker (a resend gets a new one)

@@ -439,7 +439,7 @@ class Worker:
                             raise _SessionEnd(ExitCode.REJECTED, "a pack came without its data")
                         got = self.packs.receive(msg, frames[1])
                         if isinstance(got, int):
-                            self._send(m.PackProgress(msg.digest, got))
+                            self._send(m.PackProgress(msg.digest, msg.transfer, got))
                         elif got is not None:  # refused at once (no room on disk)
                             self._pack_done(got, self.packs.pending.pop(msg.digest, []), now,
                                             poller, by_fd, results)
@@ -447,6 +447,7 @@ class Worker:
                         (self.workspace / "cache" / msg.cache_name).write_bytes(msg.data)
                     elif isinstance(msg, m.Kill):
                         self.queued.pop((msg.task_id, msg.attempt), None)
+                        self.packs.drop_task(msg.task_id, msg.attempt)
                         run = self.running.get((msg.task_id, msg.attempt))
                         if run is not None:
                             self._drop(run, poller, by_fd)
@@ -613,7 +614,7 @@ class Worker:
             if error is not None:
                 results.append(self._reply(spec, m.TaskStatus.PACK_ERROR, error))
                 return
-            self._send(m.PackState(spec.pack, False, "not on this worker", True))
+            self._send(m.PackState(spec.pack, False, "not on this worker", True, 0))
             results.append(self._reply(spec, m.TaskStatus.FORSAKEN,
                                        f"pack {spec.pack[:12]} is not on {self.hostname}"))
             return
@@ -633,7 +634,7 @@ class Worker:
         """A pack is unpacked (its tasks start), or failed (they fail, or go back
         to the manager when the pack arrived damaged and will be sent again)."""
         ok = done.root is not None
-        self._send(m.PackState(done.digest, ok, done.error, done.corrupted))
+        self._send(m.PackState(done.digest, ok, done.error, done.corrupted, done.transfer))
         if not ok:
             log.error("%s", done.error)
         for spec in waiting:
@@ -652,7 +653,15 @@ class Worker:
         cores = str(max(1, alloc.cores or 0))
         gpus = [self.free_gpus.pop(0) for _ in range(alloc.gpus or 0)]
         settings = (cores, ",".join(gpus), spec.pack)
-        runner = self._runner_for(settings)
+        try:
+            runner = self._runner_for(settings)
+        except OSError as exc:  # e.g. a pack's interpreter that cannot run here
+            self.free_gpus = [g for g in self.gpu_ids if g in self.free_gpus or g in gpus]
+            if spec.pack:
+                return self._reply(spec, m.TaskStatus.PACK_ERROR,
+                                   f"cannot start pack {spec.pack[:12]}'s interpreter on "
+                                   f"{self.hostname}: {exc}")
+            return self._reply(spec, m.TaskStatus.CRASHED, f"cannot start a runner: {exc}")
         try:
             self._prepare(spec, runner.sandbox)
         except OSError as exc:

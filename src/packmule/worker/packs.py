@@ -5,11 +5,15 @@ runners started with the pack's own interpreter."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import queue
+import re
 import shutil
 import socket
+import tempfile
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -20,6 +24,8 @@ from ..envpack.unpack import COMPLETE, pack_python, unpack
 from ..errors import PackCorrupted, PackError
 from ..protocol import messages as m
 
+_DIGEST = re.compile(r"[0-9a-f]{16,128}")
+
 #: Variables of the worker's own Python that must not leak into a pack's interpreter.
 _FOREIGN_ENV = ("PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP", "PYTHONUSERBASE", "VIRTUAL_ENV")
 
@@ -29,6 +35,7 @@ class Unpacked:
     """How one background unpack ended."""
 
     digest: str
+    transfer: int  # the manager's number for the sending it came from
     root: Path | None  # None: it failed
     error: str = ""
     corrupted: bool = False  # a damaged transfer: worth sending again
@@ -44,15 +51,23 @@ class _Incoming:
     received: int = 0
 
 
+#: Leftovers of a worker killed while receiving or unpacking (``.incoming-*``
+#: files, ``.<digest>.*`` directories) are removed when older than this.
+STALE_AFTER = 24 * 3600.0
+
+
 class PackCache:
     """Packs on this node under ``root/<digest>/``, and unpacks in progress."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
         self.ready: dict[str, Path] = {}
-        #: Digests being unpacked, with the tasks waiting for each.
+        #: Digests arriving or being unpacked, with the tasks waiting for each.
         self.pending: dict[str, list[m.TaskSpec]] = {}
         self._incoming: dict[str, _Incoming] = {}
+        self._unpacking: set[str] = set()
+        #: The manager's number of the latest sending of each pack, to answer it.
+        self._transfer: dict[str, int] = {}
         #: Packs that cannot be used here, with why (until one is sent again).
         self.failed: dict[str, str] = {}
         self._done: queue.SimpleQueue[Unpacked] = queue.SimpleQueue()
@@ -64,37 +79,54 @@ class PackCache:
         return self._wake_r.fileno()
 
     def scan(self) -> list[str]:
-        """Digests of the packs already complete on this node (from earlier runs too)."""
+        """Digests of the packs already complete on this node (from earlier runs too);
+        removes what killed workers left behind long ago."""
         with contextlib.suppress(OSError):
             for d in self.root.iterdir():
                 if (d / COMPLETE).exists():
                     self.ready[d.name] = d
+                elif d.name.startswith(".") and _age(d) > STALE_AFTER:
+                    if d.is_dir():
+                        shutil.rmtree(d, ignore_errors=True)
+                    else:
+                        d.unlink(missing_ok=True)
         return sorted(self.ready)
 
     def receive(self, msg: m.PutPack, data: zmq.Frame | bytes) -> int | Unpacked | None:
         """Store a piece of a pack. Returns the bytes received so far, or how the
         pack failed at once (it does not fit on disk), or None (nothing to say)."""
         digest = msg.digest
+        if not _DIGEST.fullmatch(digest) or msg.size <= 0 or msg.offset < 0:
+            return self._fail(msg, f"the manager sent a malformed pack piece ({digest[:80]!r}, "
+                                   f"{msg.size} bytes at {msg.offset})")
         if digest in self.ready:
             return None
+        if msg.offset == 0:
+            self._transfer[digest] = msg.transfer
+        if digest in self._unpacking:  # a resend after a reconnection: the unpack goes on
+            self.pending.setdefault(digest, [])
+            return None
         inc = self._incoming.get(digest)
-        if msg.offset == 0 and inc is None:
+        if msg.offset == 0:  # a new sending (a resend restarts)
+            if inc is not None:
+                self._discard(inc)
             self.failed.pop(digest, None)
             try:
                 inc = self._start(msg)
             except (PackError, OSError) as exc:
-                return self._fail(digest, str(exc))
-        if inc is None or msg.offset != inc.received:
-            return None  # the rest of a transfer that already failed
+                return self._fail(msg, str(exc))
+        if inc is None or inc.msg.transfer != msg.transfer or msg.offset != inc.received:
+            return None  # the rest of a sending that failed or was replaced
         buf = data.buffer if isinstance(data, zmq.Frame) else data
         try:
             inc.file.write(buf)
         except OSError as exc:
-            return self._fail(digest, f"cannot store pack {digest[:12]} in {self.root}: {exc}")
+            return self._fail(msg, f"cannot store pack {digest[:12]} in {self.root}: {exc}")
         inc.received += len(buf)
         if inc.received >= msg.size:
             inc.file.close()
             del self._incoming[digest]
+            self._unpacking.add(digest)
             threading.Thread(target=self._unpack, args=(inc,), daemon=True,
                              name=f"packmule-unpack-{digest[:12]}").start()
         return inc.received
@@ -107,32 +139,37 @@ class PackCache:
                 f"pack {msg.digest[:12]} needs about {2 * msg.size / 1e6:.0f} MB of disk to "
                 f"arrive and unpack, but {self.root} has {free / 1e6:.0f} MB free: free some "
                 "space, or give the worker --pack-cache on a larger disk")
-        path = self.root / f".incoming-{msg.digest[:32]}-{os.getpid()}.tar"
-        inc = _Incoming(msg, path, open(path, "wb"))  # noqa: SIM115 (closed when complete)
+        fd, name = tempfile.mkstemp(dir=self.root, prefix=".incoming-", suffix=".tar")
+        inc = _Incoming(msg, Path(name), os.fdopen(fd, "wb"))
         self._incoming[msg.digest] = inc
         self.pending.setdefault(msg.digest, [])
         return inc
 
-    def _fail(self, digest: str, error: str) -> Unpacked:
-        inc = self._incoming.pop(digest, None)
+    def _discard(self, inc: _Incoming) -> None:
+        self._incoming.pop(inc.msg.digest, None)
+        inc.file.close()
+        with contextlib.suppress(OSError):
+            inc.path.unlink()
+
+    def _fail(self, msg: m.PutPack, error: str) -> Unpacked:
+        inc = self._incoming.get(msg.digest)
         if inc is not None:
-            inc.file.close()
-            with contextlib.suppress(OSError):
-                inc.path.unlink()
-        self.pending.setdefault(digest, [])
-        self.failed[digest] = error
-        return Unpacked(digest, None, error)
+            self._discard(inc)
+        self.pending.setdefault(msg.digest, [])
+        self.failed[msg.digest] = error
+        return Unpacked(msg.digest, msg.transfer, None, error)
 
     def _unpack(self, inc: _Incoming) -> None:
         msg = inc.msg
         try:
-            done = Unpacked(msg.digest, unpack(inc.path, msg.digest, msg.sha256, self.root))
+            done = Unpacked(msg.digest, msg.transfer,
+                            unpack(inc.path, msg.digest, msg.sha256, self.root))
         except PackCorrupted as exc:
-            done = Unpacked(msg.digest, None, str(exc), corrupted=True)
+            done = Unpacked(msg.digest, msg.transfer, None, str(exc), corrupted=True)
         except PackError as exc:
-            done = Unpacked(msg.digest, None, str(exc))
+            done = Unpacked(msg.digest, msg.transfer, None, str(exc))
         except OSError as exc:
-            done = Unpacked(msg.digest, None,
+            done = Unpacked(msg.digest, msg.transfer, None,
                             f"cannot unpack pack {msg.digest[:12]} in {self.root}: {exc}")
         finally:
             with contextlib.suppress(OSError):
@@ -152,6 +189,9 @@ class PackCache:
                 done = self._done.get_nowait()
             except queue.Empty:
                 return out
+            self._unpacking.discard(done.digest)
+            done = dataclasses.replace(done, transfer=self._transfer.pop(done.digest,
+                                                                         done.transfer))
             if done.root is not None:
                 self.ready[done.digest] = done.root
             elif not done.corrupted:
@@ -163,10 +203,15 @@ class PackCache:
         and sends again what had not fully arrived."""
         for waiting in self.pending.values():
             waiting.clear()
-        for digest in list(self._incoming):
-            self._fail(digest, "")
-            self.pending.pop(digest, None)
+        for inc in list(self._incoming.values()):
+            self._discard(inc)
+            self.pending.pop(inc.msg.digest, None)
         self.failed.clear()
+
+    def drop_task(self, task_id: int, attempt: int) -> None:
+        """A task waiting for its pack was cancelled."""
+        for waiting in self.pending.values():
+            waiting[:] = [s for s in waiting if (s.task_id, s.attempt) != (task_id, attempt)]
 
     def interpreter(self, digest: str) -> str:
         return str(pack_python(self.ready[digest]))
@@ -180,3 +225,10 @@ class PackCache:
         self.forget_waiting()
         self._wake_r.close()
         self._wake_w.close()
+
+
+def _age(path: Path) -> float:
+    try:
+        return time.time() - path.lstat().st_mtime
+    except OSError:
+        return 0.0
