@@ -48,13 +48,17 @@ numpy_version, plain_numpy_version = apps()
 
 
 @pytest.fixture(scope="module")
-def worker_env(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A worker pack (no app), unpacked: the whole Python a worker node has."""
-    tmp = tmp_path_factory.mktemp("worker-pack")
-    pack = build_pack(analyze([]), tmp / "cache")
-    root = tmp / "env"
+def worker_pack(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A worker pack: no app, only packmule and its runtime, with the interpreter."""
+    return build_pack(analyze([]), tmp_path_factory.mktemp("worker-pack")).path
+
+
+@pytest.fixture(scope="module")
+def worker_env(worker_pack: Path) -> Path:
+    """The worker pack, unpacked: the whole Python a worker node has."""
+    root = worker_pack.parent / "env"
     root.mkdir()
-    subprocess.run(["tar", "-xf", str(pack.path), "-C", str(root)], check=True)
+    subprocess.run(["tar", "-xf", str(worker_pack), "-C", str(root)], check=True)
     return root
 
 
@@ -205,8 +209,10 @@ def test_a_node_without_python_runs_packed_tasks(node: Node) -> None:
     assert version == np.__version__ and Path(prefix).parent == node.tmp / "node-packs"
 
 
-def test_parsl_pack_true_runs_the_spec_examples(tmp_path: Path, worker_env: Path,
+def test_parsl_pack_true_runs_the_spec_examples(tmp_path: Path, worker_pack: Path,
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """As docs/packs.md tells: each block unpacks the worker pack, then starts
+    the worker with its interpreter; the apps' packs follow."""
     parsl = pytest.importorskip("parsl")
     from parsl.config import Config
 
@@ -227,8 +233,10 @@ def test_parsl_pack_true_runs_the_spec_examples(tmp_path: Path, worker_env: Path
         time.sleep(0.5)
         return int(numpy.int64(x) * 2), start, time.time(), numpy.__version__
 
+    node = tmp_path / "node"
     ex = WorkQueueExecutor(
-        pack=True, worker_executable=f"{worker_env / 'bin' / 'python'} -m packmule worker",
+        pack=True, init_command=f"mkdir -p {node} && tar -xf {worker_pack} -C {node}",
+        worker_executable=f"{node / 'bin' / 'python'} -m packmule worker",
         worker_options=f"--cores 2 --memory 4000 --disk 4000 --pack-cache {tmp_path / 'node'}",
     )
     config = Config(executors=[ex], run_dir=str(tmp_path / "runinfo"), strategy_period=0.1)
