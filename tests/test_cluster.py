@@ -539,3 +539,15 @@ def test_callbacks_may_ask_the_manager_for_stats(cluster: ClusterFactory) -> Non
         mgr.shutdown()
         with pytest.raises(RuntimeError, match="shut down"):
             mgr.submit(PythonTask(len, "x"))
+
+
+def test_a_dead_manager_loop_fails_the_unfinished_tasks_clearly(cluster: ClusterFactory) -> None:
+    with cluster(1) as mgr:
+        wait_until(connected(mgr, 1))
+        slow = mgr.submit(PythonTask(span, 30, resources={"cores": 1}))
+        wait_until(lambda: mgr.stats().tasks["running"] == 1)
+        os.kill(mgr._proc.pid, signal.SIGKILL)  # the loop process this manager started
+        with pytest.raises(packmule.TaskCancelled, match=r"loop process .* ended unexpectedly"):
+            slow.result(timeout=30)
+        with pytest.raises(RuntimeError, match="not running"):
+            mgr.stats()

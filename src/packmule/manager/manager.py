@@ -5,18 +5,18 @@ The sockets and the scheduling core live in a process of their own
 that dispatching never competes with the user's threads for this process's
 interpreter lock. This side pickles calls, builds environment packs, and
 resolves futures: one thread reads what the loop reports (outcomes,
-monitoring messages, replies, log records), another resolves the futures and
-runs their callbacks, Parsl's DataFlowKernel among them.
+monitoring messages, replies, log records) and runs the futures' callbacks,
+Parsl's DataFlowKernel among them.
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import functools
 import itertools
 import logging
 import os
-import queue
 import socket
 import subprocess
 import sys
@@ -121,6 +121,7 @@ class Manager:
         self._unfinished_cv = threading.Condition()
         self._send_lock = threading.Lock()
         self._closed = False
+        self._end = "the manager shut down"  # why unfinished tasks fail at the end
 
         ours, theirs = socket.socketpair()
         self._proc = subprocess.Popen(
@@ -143,13 +144,9 @@ class Manager:
             self._conn.close()
             raise OSError(started[1], started[2])
         self.port: int = started[1]
-        # Outcomes are resolved on a thread of their own, so that the futures'
-        # callbacks may call stats() and the like: the reader answers those.
-        self._outcomes: queue.SimpleQueue[tuple[Any, ...] | None] = queue.SimpleQueue()
-        self._deliverer = threading.Thread(target=self._deliver_loop, name="packmule-results",
-                                           daemon=True)
-        self._deliverer.start()
-        self._reader = threading.Thread(target=self._read_loop, name="packmule-reader",
+        #: Outcomes read while a future's callback waited for a reply (see _call).
+        self._backlog: collections.deque[tuple[Any, ...]] = collections.deque()
+        self._reader = threading.Thread(target=self._read_loop, name="packmule-results",
                                         daemon=True)
         self._reader.start()
         log.info("manager listening on %s:%d (run dir %s)", host, self.port, self.run_dir)
@@ -312,7 +309,6 @@ class Manager:
         self._send("stop")
         if wait:
             self._reader.join()
-            self._deliverer.join()
 
     def __enter__(self) -> Manager:
         return self
@@ -338,54 +334,66 @@ class Manager:
         self._replies[call_id] = fut
         if not self._send("call", call_id, name, args):
             raise RuntimeError("the manager is not running")
+        if threading.current_thread() is self._reader:
+            # A future's callback asks: this thread must read the reply itself;
+            # outcomes that come first wait in the backlog.
+            deadline = time.monotonic() + LOOP_TIMEOUT
+            while not fut.done() and self._conn.poll(max(0.0, deadline - time.monotonic())):
+                msg = self._conn.recv()
+                if msg[0] in ("done", "messages", "stopped"):
+                    self._backlog.append(msg)
+                else:
+                    self._handle(msg)
         return fut.result(timeout=LOOP_TIMEOUT)
 
+    def _handle(self, msg: tuple[Any, ...]) -> bool:
+        """Act on one message from the loop; False once it has stopped."""
+        kind = msg[0]
+        if kind == "done":
+            self._done(*msg[1:])
+        elif kind == "messages":
+            self._deliver_messages(msg[1])
+        elif kind == "reply":
+            _, call_id, ok, value = msg
+            fut = self._replies.pop(call_id)
+            if ok:
+                fut.set_result(value)
+            else:
+                fut.set_exception(value)
+        elif kind == "largest":
+            self.largest_worker = msg[1]
+        elif kind == "log":
+            self._relog(*msg[1:])
+        elif kind == "stopped":
+            return False
+        return True
+
     def _read_loop(self) -> None:
-        """Outcomes, monitoring messages, replies and log records from the loop."""
+        """Outcomes (futures resolved, their callbacks run, here), monitoring
+        messages, replies and log records from the loop."""
         try:
-            while True:
-                msg = self._conn.recv()
-                kind = msg[0]
-                if kind in ("done", "messages"):
-                    self._outcomes.put(msg)
-                elif kind == "reply":
-                    _, call_id, ok, value = msg
-                    fut = self._replies.pop(call_id)
-                    if ok:
-                        fut.set_result(value)
-                    else:
-                        fut.set_exception(value)
-                elif kind == "largest":
-                    self.largest_worker = msg[1]
-                elif kind == "log":
-                    self._relog(*msg[1:])
-                elif kind == "stopped":
-                    break
+            while self._handle(self._backlog.popleft() if self._backlog else self._conn.recv()):
+                pass
         except (EOFError, OSError):
-            code = self._proc.poll()
-            if not self._closed:
-                log.error("the packmule manager's loop ended unexpectedly (exit code %s)", code)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self._proc.wait(timeout=5)
+            self._end = (f"the manager's loop process (pid {self._proc.pid}) ended unexpectedly "
+                         f"(exit code {self._proc.returncode})")
+            log.error("%s; failing the unfinished tasks", self._end)
         finally:
             self._closed = True
             self._conn.close()
             for fut in self._replies.values():
                 fut.set_exception(RuntimeError("the manager has shut down"))
-            self._outcomes.put(None)  # after every outcome already read
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self._proc.wait(timeout=30)
+            self._fail_the_rest()
 
-    def _deliver_loop(self) -> None:
-        """Resolve futures (their callbacks run here) and pass on monitoring messages."""
-        while (msg := self._outcomes.get()) is not None:
-            if msg[0] == "done":
-                self._done(*msg[1:])
-            else:
-                self._deliver_messages(msg[1])
+    def _fail_the_rest(self) -> None:
         with self._unfinished_cv:
             left = list(self._unfinished.values())
         for task in left:
-            self._fail(task, TaskCancelled(
-                f"task {task.id} did not finish before the manager shut down", task.id))
+            self._fail(task, TaskCancelled(f"task {task.id} did not finish: {self._end}", task.id))
 
     def _done(self, tid: int, ok: bool, kind: str, data: Any, attrs: dict[str, Any]) -> None:
         """A task finished: fill in the Task, then resolve its future."""
