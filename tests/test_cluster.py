@@ -11,6 +11,7 @@ import threading
 import time
 from concurrent.futures import CancelledError
 from pathlib import Path
+from typing import Any
 
 import msgpack
 import pytest
@@ -551,3 +552,58 @@ def test_a_dead_manager_loop_fails_the_unfinished_tasks_clearly(cluster: Cluster
             slow.result(timeout=30)
         with pytest.raises(RuntimeError, match="not running"):
             mgr.stats()
+
+
+def test_callbacks_may_submit_big_tasks_while_big_results_flow(cluster: ClusterFactory) -> None:
+    """The loop never blocks on the Manager's process: a callback sending a big task
+    while the loop sends big results must not deadlock the two."""
+    blob = b"x" * (2 << 20)
+    with cluster(1) as mgr:
+        wait_until(connected(mgr, 1))
+        follow_ups: list[Any] = []
+
+        def chain(fut: Any) -> None:
+            if len(follow_ups) < 20:
+                follow_ups.append(mgr.submit(PythonTask(len, blob)))
+
+        firsts = [mgr.submit(PythonTask(bytes, 2 << 20)) for _ in range(20)]
+        for f in firsts:
+            f.add_done_callback(chain)
+        assert all(len(f.result(timeout=60)) == 2 << 20 for f in firsts)
+        wait_until(lambda: len(follow_ups) == 20, timeout=60)
+        assert [f.result(timeout=60) for f in follow_ups] == [2 << 20] * 20
+
+
+def _missing_here() -> None:
+    raise ModuleNotFoundError("No module named 'only_on_the_worker'")
+
+
+class _OnlyOnWorker:
+    """Unpickles only where its (pretend) module exists: not in the manager."""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_missing_here, ())
+
+
+def _make_only_on_worker() -> _OnlyOnWorker:
+    return _OnlyOnWorker()
+
+
+def test_a_result_that_cannot_be_unpickled_fails_only_its_task(cluster: ClusterFactory) -> None:
+    with cluster(1) as mgr:
+        wait_until(connected(mgr, 1))
+        bad = mgr.submit(PythonTask(_make_only_on_worker))
+        with pytest.raises(packmule.SerializationError, match="only_on_the_worker"):
+            bad.result(timeout=30)
+        assert mgr.submit(PythonTask(len, "abc")).result(timeout=30) == 3
+
+
+def test_shutdown_from_a_callback(cluster: ClusterFactory) -> None:
+    with cluster(1) as mgr:
+        wait_until(connected(mgr, 1))
+        fut = mgr.submit(PythonTask(len, "ab"))
+        fut.add_done_callback(lambda _: mgr.shutdown())
+        assert fut.result(timeout=30) == 2
+        wait_until(lambda: not mgr._reader.is_alive(), timeout=30)
+        with pytest.raises(RuntimeError, match="shut down"):
+            mgr.submit(PythonTask(len, "ab"))

@@ -24,6 +24,7 @@ import os
 import pickle
 import signal
 import socket
+import struct
 import sys
 import time
 from dataclasses import dataclass, field
@@ -159,23 +160,68 @@ class Config:
     forward_messages: bool
 
 
+class Outbox:
+    """Messages to the Manager, framed as ``Connection.send`` frames them, and
+    written without ever blocking the loop: a Manager thread may be sending to
+    the loop at that very moment (a future's callback submitting a task), and
+    the loop must go on reading, and heartbeating workers, meanwhile."""
+
+    def __init__(self, fd: int) -> None:
+        self._sock = socket.socket(fileno=os.dup(fd))
+        self._buf = bytearray()
+        self.broken = False  # the Manager's process is gone
+
+    def put(self, *msg: Any) -> None:
+        try:
+            data = pickle.dumps(msg, protocol=pickle.HIGHEST_PROTOCOL)
+        except Exception as exc:  # say so rather than lose the message silently
+            data = pickle.dumps(("log", logging.ERROR, "packmule.manager",
+                                 f"a message to the Manager could not be pickled: {exc}"))
+        self._buf += struct.pack("!i", len(data))
+        self._buf += data
+        self.flush()
+
+    def flush(self) -> None:
+        while self._buf and not self.broken:
+            try:
+                n = self._sock.send(self._buf, socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                return
+            except OSError:
+                self.broken = True
+                return
+            del self._buf[:n]
+
+    @property
+    def pending(self) -> bool:
+        return bool(self._buf) and not self.broken
+
+    def close(self, timeout: float) -> None:
+        """Deliver what is left (waiting at most ``timeout`` seconds), then close."""
+        with contextlib.suppress(OSError):
+            self._sock.settimeout(timeout)
+            if self._buf and not self.broken:
+                self._sock.sendall(self._buf)
+        self._sock.close()
+
+
 class _Forward(logging.Handler):
     """Log records go to the Manager's process, to be logged there."""
 
-    def __init__(self, conn: Connection) -> None:
+    def __init__(self, outbox: Outbox) -> None:
         super().__init__()
-        self.conn = conn
+        self.outbox = outbox
 
     def emit(self, record: logging.LogRecord) -> None:
-        with contextlib.suppress(OSError, ValueError):
-            self.conn.send(("log", record.levelno, record.name, self.format(record)))
+        self.outbox.put("log", record.levelno, record.name, self.format(record))
 
 
 class Loop:
     """The manager's sockets and core, driven by one poll loop."""
 
-    def __init__(self, conn: Connection, cfg: Config) -> None:
+    def __init__(self, conn: Connection, outbox: Outbox, cfg: Config) -> None:
         self.conn = conn
+        self.outbox = outbox
         self.cfg = cfg
         self.heartbeat_interval = cfg.heartbeat_interval
         self.lease = cfg.lease
@@ -187,6 +233,8 @@ class Loop:
         self.task_log = cfg.run_dir / "tasks.jsonl"
         self._task_log_failed = False
         self._tasks: dict[int, Job] = {}
+        #: Tasks cancelled before their job arrived (it was still in the pack builder).
+        self._cancelled_early: set[int] = set()
         self._conns: dict[str, WorkerConn] = {}
         self._counters = collections.Counter[str]()
         self._handshake_failures = 0
@@ -218,20 +266,20 @@ class Loop:
                 self.port = port
             else:
                 self.port = self._router.bind_to_random_port(f"tcp://{host}")
-        except zmq.ZMQError as exc:
+        except (zmq.ZMQError, zmq.ZMQBindError) as exc:
             self._close_sockets()
+            why = getattr(exc, "strerror", None) or exc
             raise OSError(
-                exc.errno,
-                f"packmule manager cannot listen on {host}:{port}: {exc.strerror}. "
+                getattr(exc, "errno", None) or errno.EADDRINUSE,
+                f"packmule manager cannot listen on {host}:{port}: {why}. "
                 "Choose another port, or port=0 for any free one.",
             ) from None
         self._task_log = self.task_log.open("a", buffering=1 << 16)
 
     # ---------------------------------------------------------------- to the Manager
     def _tell(self, *msg: Any) -> None:
-        try:
-            self.conn.send(msg)
-        except (OSError, ValueError):
+        self.outbox.put(*msg)
+        if self.outbox.broken:
             self._stopping = True  # the Manager's process is gone
 
     # ================================================================ the I/O loop
@@ -249,9 +297,12 @@ class Loop:
                 now = time.monotonic()
                 wake_at = min([next_beat, *probes])
                 timeout = max(0, int((wake_at - now) * 1000))
+                poller.register(self.conn.fileno(), zmq.POLLIN | (
+                    zmq.POLLOUT if self.outbox.pending else 0))
                 events = dict(poller.poll(timeout))
+                self.outbox.flush()
                 now = time.monotonic()
-                if self.conn.fileno() in events and not self._commands(now):
+                if events.get(self.conn.fileno(), 0) & zmq.POLLIN and not self._commands(now):
                     break
                 if self._router in events:
                     self._receive_all(now)
@@ -292,6 +343,10 @@ class Loop:
         return not self._stopping
 
     def _submit(self, job: Job, now: float) -> None:
+        if job.id in self._cancelled_early:
+            self._cancelled_early.discard(job.id)
+            self._counters["tasks_cancelled"] += 1
+            return
         self._tasks[job.id] = job
         self._core.submit(job.id, job.resources, now, job.priority, job.max_retries,
                           job.category)
@@ -300,6 +355,7 @@ class Loop:
     def _cancel(self, tid: int, now: float) -> None:
         job = self._tasks.pop(tid, None)
         if job is None:
+            self._cancelled_early.add(tid)  # its job may still be on its way
             return
         running = self._core.cancel(tid, now)
         self._core.forget(tid)
@@ -838,16 +894,21 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the Manager's to handle
     conn = Connection(socket.socket(fileno=int(argv[0])).detach())
+    outbox = Outbox(conn.fileno())
     cfg: Config = conn.recv()
     logger = logging.getLogger("packmule")
     logger.setLevel(cfg.log_level)
-    logger.addHandler(_Forward(conn))
+    logger.addHandler(_Forward(outbox))
     logger.propagate = False
     try:
-        loop = Loop(conn, cfg)
+        loop = Loop(conn, outbox, cfg)
     except OSError as exc:
-        conn.send(("error", exc.errno or errno.EADDRINUSE, str(exc)))
+        outbox.put("error", exc.errno or errno.EADDRINUSE, str(exc))
+        outbox.close(timeout=10)
         return 1
-    conn.send(("ready", loop.port))
-    loop.run()
+    outbox.put("ready", loop.port)
+    try:
+        loop.run()
+    finally:
+        outbox.close(timeout=30)
     return 0

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import errno
 import functools
 import itertools
 import logging
@@ -32,7 +33,7 @@ from typing import Any
 
 from ..core.categories import STEADY_N, AllocationMode, CategoryConfig
 from ..envpack import Pack
-from ..errors import FileTransferError, PackmuleError, TaskCancelled
+from ..errors import FileTransferError, SerializationError, TaskCancelled
 from ..protocol.security import load_secret, write_new_password_file
 from ..resources import Resources
 from ..serialize import loads, loads_exception
@@ -120,13 +121,18 @@ class Manager:
         self._unfinished: dict[int, Task] = {}
         self._unfinished_cv = threading.Condition()
         self._send_lock = threading.Lock()
-        self._closed = False
+        self._replies_lock = threading.Lock()
+        self._closed = False  # no more submissions: shut down, or the loop ended
+        self._shut_down = False
         self._end = "the manager shut down"  # why unfinished tasks fail at the end
 
         ours, theirs = socket.socketpair()
+        # The loop imports packmule as this program does (say, from a source tree).
+        path = os.pathsep.join(p for p in sys.path if p and os.path.isdir(p))
         self._proc = subprocess.Popen(
             [sys.executable, "-m", "packmule.manager", str(theirs.fileno())],
             pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL,
+            env={**os.environ, "PYTHONPATH": path},
         )
         theirs.close()
         self._conn = Connection(ours.detach())
@@ -135,7 +141,7 @@ class Manager:
             heartbeat_interval=heartbeat_interval, lease=lease,
             shutdown_workers=shutdown_workers, validate=validate,
             default_category=default_category, prefetch=prefetch,
-            log_level=logging.getLogger("packmule").getEffectiveLevel(),
+            log_level=log.getEffectiveLevel(),
             forward_messages=message_sink is not None,
         ))
         started = self._first_reply()
@@ -153,14 +159,21 @@ class Manager:
 
     def _first_reply(self) -> tuple[Any, ...]:
         """The loop's ``ready`` (or why it could not start); its log records are passed on."""
-        while self._conn.poll(LOOP_TIMEOUT):
-            msg = self._conn.recv()
-            if msg[0] == "log":
-                self._relog(*msg[1:])
-            else:
-                return tuple(msg)
+        try:
+            while self._conn.poll(LOOP_TIMEOUT):
+                msg = self._conn.recv()
+                if msg[0] == "log":
+                    self._relog(*msg[1:])
+                else:
+                    return tuple(msg)
+            why = f"did not start within {LOOP_TIMEOUT:.0f} s"
+        except (EOFError, OSError):
+            why = "exited at start (its error is above)"
         self._proc.kill()
-        raise RuntimeError(f"the packmule manager's loop did not start in {LOOP_TIMEOUT:.0f} s")
+        self._proc.wait()
+        self._conn.close()
+        raise OSError(errno.ECHILD, f"the packmule manager's loop process {why}; check that "
+                                    f"{sys.executable} can import packmule")
 
     # ================================================================ public API
     @property
@@ -223,8 +236,8 @@ class Manager:
     def _pack_ready(self, task: Task, payload: bytes, pack: Pack) -> None:
         """(Pack thread) the task's pack is built: it joins the queue."""
         task.pack = pack
-        if task.future is not None and task.future.cancelled():
-            return  # cancelled while its pack was being built
+        if task.future is not None and task.future.done():
+            return  # cancelled while its pack was being built, or the manager stopped
         self._queue(task, payload)
 
     def _pack_failed(self, task: Task, exc: BaseException) -> None:
@@ -300,14 +313,19 @@ class Manager:
         return stats
 
     def shutdown(self, wait: bool = True) -> None:
-        """Stop the manager: tell workers to exit (``shutdown_workers``), fail unfinished tasks."""
-        if self._closed:
+        """Stop the manager: tell workers to exit (``shutdown_workers``), fail unfinished tasks.
+
+        May be called from a future's callback (it then does not wait).
+        """
+        if self._shut_down:
             return
-        self._closed = True
-        if self._packer is not None:
-            self._packer.close()  # tasks still waiting for packs are cancelled
-        self._send("stop")
-        if wait:
+        self._shut_down = self._closed = True
+        try:
+            if self._packer is not None:
+                self._packer.close(wait=wait)  # tasks still waiting for packs are cancelled
+        finally:
+            self._send("stop")
+        if wait and threading.current_thread() is not self._reader:
             self._reader.join()
 
     def __enter__(self) -> Manager:
@@ -327,11 +345,12 @@ class Manager:
                 return False
 
     def _call(self, name: str, *args: Any) -> Any:
-        if self._closed or not self._reader.is_alive():
-            raise RuntimeError("the manager is not running")
         fut: Future[Any] = Future()
         call_id = next(self._calls)
-        self._replies[call_id] = fut
+        with self._replies_lock:
+            if self._closed or not self._reader.is_alive():
+                raise RuntimeError("the manager is not running")
+            self._replies[call_id] = fut
         if not self._send("call", call_id, name, args):
             raise RuntimeError("the manager is not running")
         if threading.current_thread() is self._reader:
@@ -344,6 +363,10 @@ class Manager:
                     self._backlog.append(msg)
                 else:
                     self._handle(msg)
+            if not fut.done():
+                with self._replies_lock:
+                    self._replies.pop(call_id, None)
+                raise TimeoutError(f"the manager's loop did not answer {name} in time")
         return fut.result(timeout=LOOP_TIMEOUT)
 
     def _handle(self, msg: tuple[Any, ...]) -> bool:
@@ -355,7 +378,8 @@ class Manager:
             self._deliver_messages(msg[1])
         elif kind == "reply":
             _, call_id, ok, value = msg
-            fut = self._replies.pop(call_id)
+            with self._replies_lock:
+                fut = self._replies.pop(call_id)
             if ok:
                 fut.set_result(value)
             else:
@@ -372,8 +396,13 @@ class Manager:
         """Outcomes (futures resolved, their callbacks run, here), monitoring
         messages, replies and log records from the loop."""
         try:
-            while self._handle(self._backlog.popleft() if self._backlog else self._conn.recv()):
-                pass
+            while True:
+                msg = self._backlog.popleft() if self._backlog else self._conn.recv()
+                try:
+                    if not self._handle(msg):
+                        break
+                except Exception:  # one bad message must not take the others with it
+                    log.exception("packmule could not handle a %r message from its loop", msg[0])
         except (EOFError, OSError):
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self._proc.wait(timeout=5)
@@ -381,9 +410,12 @@ class Manager:
                          f"(exit code {self._proc.returncode})")
             log.error("%s; failing the unfinished tasks", self._end)
         finally:
-            self._closed = True
+            with self._replies_lock:
+                self._closed = True
+                replies = list(self._replies.values())
+                self._replies.clear()
             self._conn.close()
-            for fut in self._replies.values():
+            for fut in replies:
                 fut.set_exception(RuntimeError("the manager has shut down"))
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self._proc.wait(timeout=30)
@@ -415,8 +447,10 @@ class Manager:
                 outcome = loads_exception(data)
             else:
                 outcome = data
-        except PackmuleError as exc:
-            ok, outcome = False, exc
+        except Exception as exc:  # e.g. a result whose class cannot be imported here
+            ok, outcome = False, SerializationError(
+                f"the result of task {tid} cannot be unpickled here: {type(exc).__name__}: "
+                f"{exc}. Return plain data, or objects of classes this program can import")
         fut = task.future
         with contextlib.suppress(Exception):  # cancelled concurrently
             if ok:

@@ -46,11 +46,12 @@ class PackBuilder:
     def submit(self, task: Task, payload: bytes) -> None:
         self._inbox.put((task, payload))
 
-    def close(self) -> None:
+    def close(self, wait: bool = True) -> None:
         """Stop: the build under way finishes; tasks still waiting for theirs are cancelled."""
         self._closing = True
         self._inbox.put(None)
-        self._thread.join()
+        if wait and threading.current_thread() is not self._thread:
+            self._thread.join()
 
     def _run(self) -> None:
         while (item := self._inbox.get()) is not None:
