@@ -331,7 +331,7 @@ class Loop:
             while self.conn.poll(0):
                 kind, *args = self.conn.recv()
                 if kind == "submit":
-                    self._submit(args[0], now)
+                    self._submit(Job(*args[0]), now)
                 elif kind == "cancel":
                     self._cancel(args[0], now)
                 elif kind == "call":
