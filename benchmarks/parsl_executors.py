@@ -135,22 +135,6 @@ def load_average() -> list[float] | None:
     return result
 
 
-def percentiles_ms(samples_s: Sequence[float]) -> dict[str, float]:
-    """Median, p90, p99, min and max (ms) of samples given in seconds."""
-    ms = [s * 1000 for s in samples_s]
-    if len(ms) < 2:
-        ms = ms * 2
-    cuts = statistics.quantiles(ms, n=100, method="inclusive")
-    return {
-        "median": round(statistics.median(ms), 3),
-        "p90": round(cuts[89], 3),
-        "p99": round(cuts[98], 3),
-        "min": round(min(ms), 3),
-        "max": round(max(ms), 3),
-        "samples": len(samples_s),
-    }
-
-
 def dir_bytes(root: Path) -> int:
     total = 0
     for dirpath, _dirs, files in os.walk(root):
@@ -413,7 +397,7 @@ def combine(sessions: list[dict[str, Any]], timed_submit: bool = True) -> dict[s
             "submit_loop_tasks_per_s_median": round(n / statistics.median(loops), 1),
         },
     }
-    rtt: dict[str, Any] = percentiles_ms([x for s in sessions for x in s["round_trip_s"]])
+    rtt: dict[str, Any] = vs_workqueue().summarize([x for s in sessions for x in s["round_trip_s"]])
     rtt["session_medians"] = [round(statistics.median(s["round_trip_s"]) * 1000, 3)
                               for s in sessions]
     rtt["best_session_median"] = min(rtt["session_medians"])
@@ -425,9 +409,9 @@ def combine(sessions: list[dict[str, Any]], timed_submit: bool = True) -> dict[s
     out["cleanup_s_median"] = round(statistics.median(s["cleanup_s"] for s in sessions), 3)
     if timed_submit:
         out["executor_submit_ms"] = {
-            "all_at_once": percentiles_ms(
+            "all_at_once": vs_workqueue().summarize(
                 [x for s in sessions for x in s["submit_all_at_once_s"]]),
-            "round_trip": percentiles_ms(
+            "round_trip": vs_workqueue().summarize(
                 [x for s in sessions for x in s["submit_round_trip_s"]]),
             "what": "time.perf_counter() around the executor's own submit(), as the DFK "
                     "calls it, pooled over sessions",

@@ -96,6 +96,8 @@ def log(msg: str) -> None:
 def summarize(samples: Sequence[float]) -> dict[str, float]:
     """Latency percentiles (ms) of round-trip samples given in seconds."""
     ms = [s * 1000 for s in samples]
+    if len(ms) < 2:
+        ms = ms * 2  # quantiles need two points
     cuts = statistics.quantiles(ms, n=100, method="inclusive")
     return {
         "median": round(statistics.median(ms), 3),
@@ -103,7 +105,7 @@ def summarize(samples: Sequence[float]) -> dict[str, float]:
         "p99": round(cuts[98], 3),
         "min": round(min(ms), 3),
         "max": round(max(ms), 3),
-        "samples": len(ms),
+        "samples": len(samples),
     }
 
 

@@ -389,22 +389,27 @@ class ManagerState:
         return best
 
     def _place(
-        self, t: TaskRecord, workers: Iterable[WorkerRecord]
+        self, t: TaskRecord, workers: Iterable[WorkerRecord], prefetch: bool = False
     ) -> tuple[WorkerRecord, Resources] | None:
-        """Best fit: the worker left with the fewest free cores (then memory) after placing."""
+        """Best fit: the worker left with the fewest free cores (then memory) after
+        placing. With ``prefetch``: the busy worker with queue room and the shortest
+        queue that could run ``t`` once room frees there."""
         choice: tuple[tuple[int, int], WorkerRecord, Resources] | None = None
         request = self.request_of(t)
         cat = self.category(t.category)
         for w in workers:
-            if w.id in t.avoid:
+            if w.id in t.avoid or (prefetch and not w.queue_room()):
                 continue
             b = box(request, w.total)
             if b is not None:
                 b = cat.apply_min(b)
-            if b is None or not b.fits_in(w.free):
+            if b is None or not b.fits_in(w.total if prefetch else w.free):
                 continue
-            left = w.free - b
-            key = (left.cores or 0, left.memory or 0)
+            if prefetch:
+                key = (len(w.queued), -(w.free.cores or 0))
+            else:
+                left = w.free - b
+                key = (left.cores or 0, left.memory or 0)
             if choice is None or key < choice[0]:
                 choice = (key, w, b)
         return None if choice is None else (choice[1], choice[2])
@@ -415,26 +420,6 @@ class ManagerState:
             return False
         wall = self.category(t.category).typical_wall_time()
         return wall is not None and wall < PREFETCH_WALL_TIME
-
-    def _queue_place(
-        self, t: TaskRecord, workers: Iterable[WorkerRecord]
-    ) -> tuple[WorkerRecord, Resources] | None:
-        """Prefetch: the busy worker with the shortest queue that could run ``t``."""
-        choice: tuple[tuple[int, int], WorkerRecord, Resources] | None = None
-        request = self.request_of(t)
-        cat = self.category(t.category)
-        for w in workers:
-            if not w.queue_room() or w.id in t.avoid:
-                continue
-            b = box(request, w.total)
-            if b is not None:
-                b = cat.apply_min(b)
-            if b is None or not b.fits_in(w.total):
-                continue
-            key = (len(w.queued), -(w.free.cores or 0))
-            if choice is None or key < choice[0]:
-                choice = (key, w, b)
-        return None if choice is None else (choice[1], choice[2])
 
     def _fits_some_worker(self, t: TaskRecord) -> bool:
         request = self.request_of(t)
@@ -480,7 +465,7 @@ class ManagerState:
             placed = self._place(t, [w for w in allowed if w.has_room()])
             queued = False
             if placed is None and self._prefetchable(t):
-                placed = self._queue_place(t, allowed)
+                placed = self._place(t, allowed, prefetch=True)
                 queued = placed is not None
             if placed is None:
                 if self._fits_some_worker(t):

@@ -226,7 +226,6 @@ class Loop:
         self.heartbeat_interval = cfg.heartbeat_interval
         self.lease = cfg.lease
         self.shutdown_workers = cfg.shutdown_workers
-        self.largest_worker = Resources(0, 0, 0, 0)
         self._core = ManagerState(validate=cfg.validate, default_category=cfg.default_category,
                                   prefetch=cfg.prefetch)
         #: One JSON object per finished attempt: what it asked for, got and used.
@@ -399,8 +398,7 @@ class Loop:
         )
 
     def _largest_changed(self) -> None:
-        self.largest_worker = self._core.largest_worker()
-        self._tell("largest", self.largest_worker)
+        self._tell("largest", self._core.largest_worker())
 
     def _send(self, wid: str, msg: m.Message) -> bool:
         conn = self._conns.get(wid)
