@@ -177,6 +177,11 @@ class Manager:
 
     # ================================================================ public API
     @property
+    def loop_pid(self) -> int:
+        """The process id of the manager's loop process (for monitoring its CPU and memory)."""
+        return self._proc.pid
+
+    @property
     def address(self) -> str:
         """``host:port`` for ``packmule worker``."""
         host = "127.0.0.1" if self.host in ("0.0.0.0", "*") else self.host
