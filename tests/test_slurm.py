@@ -65,19 +65,28 @@ def _free_ports(n: int) -> list[int]:
     return found
 
 
-@pytest.fixture(scope="module")
-def slurm() -> Iterator[Path]:
-    """A running private Slurm; yields its slurm.conf (also exported as SLURM_CONF).
+@contextmanager
+def private_slurm(partition: str, nodes: str | None = None) -> Iterator[Path]:
+    """Run a private Slurm; yield its slurm.conf (also exported as SLURM_CONF).
 
-    Each test session gets its own cluster (state dir under /tmp, random ports), so that
+    ``nodes`` ("NAME:CPUS:MEMORY_MB ..."): a multi-node cluster, each node in its own
+    network and UTS namespace (``PACKMULE_SLURM_NODES`` of start-slurm.sh). Skips the
+    calling tests, with the reason, without root or when the cluster does not come up.
+
+    Each call gets its own cluster (state dir under /tmp, random ports), so that
     concurrent runs on one machine do not share, or stop, each other's Slurm. With
-    ``PACKMULE_SLURM_DIR`` set, that cluster is used (and left running if it already was).
+    ``PACKMULE_SLURM_DIR`` set, a single-node cluster there is used (and left running if
+    it already was).
     """
     if not sys.platform.startswith("linux") or os.geteuid() != 0:
         pytest.skip("Slurm tests need root on Linux: tests/slurm/start-slurm.sh installs "
-                    "slurm-wlm/munge and runs munged, slurmctld and slurmd")
-    env = dict(os.environ, PACKMULE_SLURM_PARTITION=PARTITION)
-    if os.environ.get("PACKMULE_SLURM_DIR"):
+                    "slurm-wlm/munge and runs munged, slurmctld and slurmd"
+                    + (", and makes network namespaces" if nodes else ""))
+    env = dict(os.environ, PACKMULE_SLURM_PARTITION=partition)
+    if nodes:
+        env["PACKMULE_SLURM_NODES"] = nodes
+        env["PACKMULE_SLURM_NET_WAIT"] = "60"  # for another run's multi-node cluster
+    if os.environ.get("PACKMULE_SLURM_DIR") and not nodes:
         state, own_dir = Path(os.environ["PACKMULE_SLURM_DIR"]), False
     else:
         # Not under pytest's 0700 basetemp: munged runs as the munge user and must reach it.
@@ -114,6 +123,13 @@ def slurm() -> Iterator[Path]:
             stop()
 
 
+@pytest.fixture(scope="module")
+def slurm() -> Iterator[Path]:
+    """A running private single-node Slurm; yields its slurm.conf."""
+    with private_slurm(PARTITION) as conf:
+        yield conf
+
+
 def squeue() -> dict[str, tuple[str, str, str]]:
     """The cluster's current (not finished) jobs: job id -> (state, job name, nodes)."""
     out = subprocess.run(["squeue", "-h", "-o", "%i %t %j %N"], check=True, text=True,
@@ -147,7 +163,7 @@ def job_id_of(ex: WorkQueueExecutor) -> str:
 @python_app
 def where(seconds: float, parsl_resource_specification: dict[str, int] = {  # noqa: B006
         "cores": 1, "memory": 500, "disk": 100}) -> dict[str, Any]:
-    """Sleep; say when, where and in which Slurm job and step this ran."""
+    """Sleep; say when, where, with what and in which Slurm job and step this ran."""
     import os
     import socket
     import time
@@ -161,7 +177,8 @@ def where(seconds: float, parsl_resource_specification: dict[str, int] = {  # no
     return {"start": start, "end": time.time(), "host": socket.gethostname().split(".")[0],
             "pid": os.getpid(), "worker": worker, "uid": os.getuid(),
             "job": os.environ.get("SLURM_JOB_ID"), "step": os.environ.get("SLURM_STEP_ID"),
-            "block": os.environ.get("PARSL_WORKER_BLOCK_ID")}
+            "block": os.environ.get("PARSL_WORKER_BLOCK_ID"),
+            "cores": int(os.environ["CORES"]), "memory": int(os.environ["MEMORY"])}
 
 
 def test_heterogeneous_apps_run_packed_inside_the_slurm_job(

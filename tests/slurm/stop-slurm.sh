@@ -8,7 +8,9 @@
 #
 # Cancels the cluster's jobs, then stops slurmd, slurmctld and munged by the pids in
 # STATE_DIR/run/*.pid and STATE_DIR/munge/munged.pid only (each pid is checked to still be
-# that program). Idempotent: stopping a stopped cluster does nothing.
+# that program). A multi-node cluster's network (see netns.sh) is taken down if this
+# cluster owns it, with whatever still runs in its namespaces, and its route and /etc/hosts
+# lines are removed. Idempotent: stopping a stopped cluster does nothing.
 set -uo pipefail
 
 D="" PURGE=0
@@ -22,6 +24,8 @@ D=${D:-${PACKMULE_SLURM_DIR:-/tmp/packmule-slurm}}
 case "$D" in /*) ;; *) D="$PWD/$D" ;; esac
 
 say() { printf 'stop-slurm: %s\n' "$*"; }
+# shellcheck source=tests/slurm/netns.sh
+. "$(dirname "$0")/netns.sh"
 pid_of() {  # pid_of PIDFILE NAME: the live pid of NAME recorded in PIDFILE, or nothing
     local pid
     [ -s "$1" ] || return 1
@@ -52,8 +56,11 @@ if [ -d "$D" ]; then
     export SLURM_CONF="$D/slurm.conf"
     # Jobs first, while slurmctld and slurmd can still clean them up (their processes are
     # children of slurmstepd, which would otherwise outlive slurmd).
-    if pid_of "$D/run/slurmctld.pid" slurmctld >/dev/null &&
-        pid_of "$D/run/slurmd.pid" slurmd >/dev/null; then
+    any_slurmd=0
+    for f in "$D"/run/slurmd*.pid; do
+        pid_of "$f" slurmd >/dev/null && any_slurmd=1
+    done
+    if pid_of "$D/run/slurmctld.pid" slurmctld >/dev/null && [ "$any_slurmd" = 1 ]; then
         jobs=$(squeue -h -o %i 2>/dev/null | tr '\n' ' ')
         if [ -n "${jobs// /}" ]; then
             say "cancelling jobs: $jobs"
@@ -65,18 +72,24 @@ if [ -d "$D" ]; then
             done
         fi
     fi
-    stop slurmd "$D/run/slurmd.pid"
+    for f in "$D"/run/slurmd*.pid; do
+        [ -e "$f" ] && stop slurmd "$f"
+    done
     stop slurmctld "$D/run/slurmctld.pid"
     stop munged "$D/munge/munged.pid"
+    if [ -e "$D/net" ]; then
+        net_down
+        rm -f "$D/net"
+    fi
 fi
 
-# Undo the /etc/hosts line start-slurm.sh added for this STATE_DIR, if any. Rewrite in place
+# Undo the /etc/hosts lines start-slurm.sh added for this STATE_DIR, if any. Rewrite in place
 # (not sed -i): /etc/hosts may be a bind mount that cannot be replaced.
 MARK="# packmule-slurm $D"
 if grep -qF -- "$MARK" /etc/hosts 2>/dev/null; then
     kept=$(grep -vF -- "$MARK" /etc/hosts)
     printf '%s\n' "$kept" >/etc/hosts
-    say "removed the /etc/hosts line"
+    say "removed the /etc/hosts lines"
 fi
 
 if [ "$PURGE" = 1 ] && [ -d "$D" ]; then

@@ -1,7 +1,9 @@
 """What a worker has: usable cores, memory, disk and GPUs.
 
-* cores: CPUs in this process's affinity mask, lowered by a cgroup CPU quota;
-* memory: physical memory, lowered by a cgroup memory limit (v2 or v1);
+* cores: CPUs in this process's affinity mask, lowered by a cgroup CPU quota and by
+  what a Slurm job was given on this node;
+* memory: physical memory, lowered by a cgroup memory limit (v2 or v1) and by what a
+  Slurm job was given on this node;
 * disk: free space of the work directory;
 * gpus: ``CUDA_VISIBLE_DEVICES`` when set, else what ``nvidia-smi`` lists.
 """
@@ -12,6 +14,7 @@ import math
 import os
 import shutil
 import subprocess
+from collections.abc import Mapping
 from pathlib import Path
 
 import psutil
@@ -86,6 +89,34 @@ def cgroup_memory_limit() -> int | None:
     return min(limits) if limits else None
 
 
+def _positive_int(environ: Mapping[str, str], name: str) -> int | None:
+    try:
+        value = int(environ.get(name, ""))
+    except ValueError:
+        return None
+    return value if value > 0 else None
+
+
+def slurm_cpu_limit(environ: Mapping[str, str] = os.environ) -> int | None:
+    """CPUs the Slurm job (or step) has on this node: ``SLURM_CPUS_ON_NODE``, if set."""
+    return _positive_int(environ, "SLURM_CPUS_ON_NODE")
+
+
+def slurm_memory_limit(environ: Mapping[str, str] = os.environ) -> int | None:
+    """MB of memory the Slurm job has on this node, if its environment says.
+
+    ``SLURM_MEM_PER_NODE`` (``--mem``; 0 means all of the node's) or else
+    ``SLURM_MEM_PER_CPU`` (``--mem-per-cpu``) times ``SLURM_CPUS_ON_NODE``. A job
+    given memory by neither option (e.g. ``--exclusive`` alone) has no limit here.
+    """
+    per_node = _positive_int(environ, "SLURM_MEM_PER_NODE")
+    if per_node is not None:
+        return per_node
+    per_cpu = _positive_int(environ, "SLURM_MEM_PER_CPU")
+    cpus = slurm_cpu_limit(environ)
+    return per_cpu * cpus if per_cpu is not None and cpus is not None else None
+
+
 def detect_cores() -> int:
     try:
         n = len(os.sched_getaffinity(0))
@@ -94,6 +125,9 @@ def detect_cores() -> int:
     quota = cgroup_cpu_limit()
     if quota is not None:
         n = min(n, max(1, math.floor(quota)))
+    slurm = slurm_cpu_limit()
+    if slurm is not None:
+        n = min(n, slurm)
     return max(1, n)
 
 
@@ -103,7 +137,9 @@ def detect_memory() -> int:
     limit = cgroup_memory_limit()
     if limit is not None:
         total = min(total, limit)
-    return total // (1 << 20)
+    mb = total // (1 << 20)
+    slurm = slurm_memory_limit()
+    return mb if slurm is None else min(mb, slurm)
 
 
 def detect_disk(workdir: Path) -> int:
