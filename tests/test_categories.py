@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from packmule import Resources
 from packmule.core import categories as C
-from packmule.core.allocation import box
+from packmule.core.allocation import box, with_minimum
 from packmule.core.categories import (
     AllocationMode,
     Attempt,
@@ -124,7 +124,7 @@ def test_fixed_category_max_and_min() -> None:
     cat = Category("c", CategoryConfig(min=Resources(cores=3, gpus=2)))
     req = cat.request_for(Resources(memory=1000), FIRST, WQ_TEST_WORKER, 1)
     assert box(req, WQ_TEST_WORKER) == Resources(2, 1000, 1000, 0)
-    assert cat.apply_min(box(req, WQ_TEST_WORKER) or NOTHING) == Resources(3, 1000, 1000, 2)
+    assert with_minimum(box(req, WQ_TEST_WORKER), cat.config.min) == Resources(3, 1000, 1000, 2)
 
 
 @pytest.mark.parametrize(("mode", "share"), [

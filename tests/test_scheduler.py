@@ -8,9 +8,13 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from packmule import Resources
-from packmule.core.categories import WALL_MIN_TASKS
+from packmule.core.allocation import box
+from packmule.core.categories import WALL_MIN_TASKS, AllocationMode, CategoryConfig
 from packmule.core.scheduler import MAX_REQUEUES, PREFETCH_WALL_TIME, ManagerState
 from packmule.core.states import InvalidTransition, TaskState, Verdict
+from packmule.core.workers import WorkerRecord
+
+from .reference_scheduler import brute_best_fit, brute_closest, brute_prefetch, reference_pass
 
 TWO = Resources(2, 2000, 2000, 0)
 
@@ -147,7 +151,7 @@ def test_duplicate_submit_rejected() -> None:
         s.submit(1, Resources(), now=0)
 
 
-# ------------------------------------------------------------------ property test
+# ------------------------------------------------------------------ property tests
 requests = st.builds(
     Resources,
     cores=st.none() | st.integers(0, 5),
@@ -155,21 +159,28 @@ requests = st.builds(
     disk=st.none() | st.integers(0, 5000),
     gpus=st.none() | st.integers(0, 2),
 )
+minimums = st.sampled_from([Resources(), Resources(cores=2), Resources(memory=1500),
+                            Resources(disk=100, gpus=1)])
+# Few distinct sizes, as on a cluster, and disks that differ (free space).
 sizes = st.builds(
     Resources,
-    cores=st.integers(1, 4),
-    memory=st.integers(0, 4000),
+    cores=st.sampled_from([1, 2, 4]),
+    memory=st.sampled_from([0, 1000, 4000]),
     disk=st.integers(0, 4000),
-    gpus=st.integers(0, 2),
+    gpus=st.sampled_from([0, 0, 1, 2]),
 )
+categories = st.sampled_from(["default", "default", "drawn"])
 
 
 class SchedulerMachine(RuleBasedStateMachine):
-    """Any stream of submissions, workers joining and leaving, and completions."""
+    """Any stream of submissions, workers joining and leaving, completions,
+    exhaustions and hand-backs: the accounting stays consistent, and the worker
+    index answers as a scan over every worker does."""
 
     def __init__(self) -> None:
         super().__init__()
         self.s = ManagerState(validate=True)
+        self.s.configure_category("drawn", CategoryConfig(mode=AllocationMode.GREEDY_BUCKETING))
         self.now = 0.0
         self.next_task = 0
         self.next_worker = 0
@@ -178,10 +189,14 @@ class SchedulerMachine(RuleBasedStateMachine):
         self.now += 1
         return self.now
 
-    @rule(req=requests, priority=st.integers(-2, 2), retries=st.integers(0, 2))
-    def submit(self, req: Resources, priority: int, retries: int) -> None:
+    def running(self) -> list[int]:
+        return sorted(t.id for t in self.s.tasks.values() if t.state is TaskState.RUNNING)
+
+    @rule(req=requests, priority=st.integers(-2, 2), retries=st.integers(0, 2),
+          category=categories)
+    def submit(self, req: Resources, priority: int, retries: int, category: str) -> None:
         self.next_task += 1
-        self.s.submit(self.next_task, req, self.tick(), priority, retries)
+        self.s.submit(self.next_task, req, self.tick(), priority, retries, category)
 
     @rule(size=sizes)
     def add_worker(self, size: Resources) -> None:
@@ -194,29 +209,71 @@ class SchedulerMachine(RuleBasedStateMachine):
         wid = data.draw(st.sampled_from(sorted(self.s.workers)))
         self.s.remove_worker(wid, self.tick(), "test")
 
-    @rule()
-    def schedule(self) -> None:
-        for a in self.s.schedule(self.tick()):
+    @rule(limit=st.none() | st.integers(1, 3))
+    def schedule(self, limit: int | None) -> None:
+        out = self.s.schedule(self.tick(), limit)
+        assert limit is None or len(out) <= limit
+        for a in out:
             t = self.s.tasks[a.task_id]
             assert t.state is TaskState.RUNNING and t.worker == a.worker
 
-    @precondition(lambda self: any(t.state is TaskState.RUNNING for t in self.s.tasks.values()))
+    @precondition(lambda self: self.running())
     @rule(data=st.data(), ok=st.booleans(), stale=st.booleans(),
           wall=st.sampled_from([0.001, 0.01, 5.0]))
     def complete(self, data: st.DataObject, ok: bool, stale: bool, wall: float) -> None:
         # Mostly short tasks, so that prefetching happens too.
-        running = sorted(t.id for t in self.s.tasks.values() if t.state is TaskState.RUNNING)
-        tid = data.draw(st.sampled_from(running))
+        tid = data.draw(st.sampled_from(self.running()))
         attempt = self.s.tasks[tid].attempt - (1 if stale else 0)
         v = self.s.complete(tid, attempt, ok, self.tick(), measured=Resources(1, 10, 10, 0),
                             wall_time=wall)
         if stale:
             assert v is Verdict.STALE
 
+    @precondition(lambda self: self.running())
+    @rule(data=st.data(), resource=st.sampled_from(["memory", "disk", "cores"]))
+    def exhausted(self, data: st.DataObject, resource: str) -> None:
+        tid = data.draw(st.sampled_from(self.running()))
+        self.s.exhausted(tid, self.s.tasks[tid].attempt, [resource], self.tick(),
+                         measured=Resources(1, 100, 100, 0))
+
+    @precondition(lambda self: self.running())
+    @rule(data=st.data(), avoid=st.booleans())
+    def forsake(self, data: st.DataObject, avoid: bool) -> None:
+        tid = data.draw(st.sampled_from(self.running()))
+        self.s.forsake(tid, self.s.tasks[tid].attempt, self.tick(), "test", avoid=avoid)
+
     @precondition(lambda self: self.s.tasks)
     @rule(data=st.data())
     def cancel(self, data: st.DataObject) -> None:
         self.s.cancel(data.draw(st.sampled_from(sorted(self.s.tasks))), self.tick())
+
+    @rule(req=requests, minimum=minimums, avoid_first=st.booleans())
+    def index_agrees_with_a_scan(self, req: Resources, minimum: Resources,
+                                 avoid_first: bool) -> None:
+        pool = self.s.pool
+        workers = list(pool.workers.values())
+        avoid = frozenset(workers[:1]) if avoid_first else frozenset()
+        allowed = (lambda w: w.id not in avoid) if avoid else None
+
+        def fit_key(p: tuple[WorkerRecord, Resources] | None) -> tuple[int, int, int] | None:
+            if p is None:
+                return None
+            w, a = p
+            assert a.fits_in(w.free)
+            return ((w.free.cores or 0) - (a.cores or 0), (w.free.memory or 0) - (a.memory or 0),
+                    w.seq)
+
+        expected = brute_best_fit(workers, req, minimum, allowed)
+        assert fit_key(pool.best_fit(req, minimum, allowed)) == expected
+        assert fit_key(pool.best_fit_among([w.seq for w in workers], req, minimum,
+                                           allowed)) == expected
+        got = pool.prefetch_target(req, minimum, allowed)
+        key = None if got is None else (len(got[0].queued), -(got[0].free.cores or 0), got[0].seq)
+        assert key == brute_prefetch(workers, req, minimum, allowed)
+        closest = [(-(w.free.cores or 0), -(w.free.memory or 0), w.seq)
+                   for w in pool.closest(req)]
+        assert closest == brute_closest(workers, req)
+        assert pool.fits_somewhere(req) == any(box(req, w.total) is not None for w in workers)
 
     @invariant()
     def never_overcommitted(self) -> None:
@@ -228,6 +285,81 @@ class SchedulerMachine(RuleBasedStateMachine):
 SchedulerMachine.TestCase.settings = settings(max_examples=150, stateful_step_count=40,
                                               deadline=None)
 test_scheduler_never_overcommits = SchedulerMachine.TestCase
+
+
+class SameDecisionsMachine(RuleBasedStateMachine):
+    """With one priority, the indexed pass assigns exactly what the old pass that
+    scanned every worker for every task does (``reference_pass``), after any
+    stream of events."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.s = ManagerState(validate=True)
+        self.parked: set[int] = set()
+        self.now = 0.0
+        self.next_task = 0
+        self.next_worker = 0
+
+    def tick(self) -> float:
+        self.now += 1
+        return self.now
+
+    def running(self) -> list[int]:
+        return sorted(t.id for t in self.s.tasks.values() if t.state is TaskState.RUNNING)
+
+    @rule(req=requests, n=st.integers(1, 3))
+    def submit(self, req: Resources, n: int) -> None:
+        for _ in range(n):
+            self.next_task += 1
+            self.s.submit(self.next_task, req, self.tick(), 0, 1)
+
+    @rule(size=sizes)
+    def add_worker(self, size: Resources) -> None:
+        self.next_worker += 1
+        self.s.add_worker(f"w{self.next_worker}", size, self.tick())
+        self.parked.clear()
+
+    @precondition(lambda self: self.s.workers)
+    @rule(data=st.data())
+    def remove_worker(self, data: st.DataObject) -> None:
+        self.s.remove_worker(data.draw(st.sampled_from(sorted(self.s.workers))), self.tick(),
+                             "test")
+
+    @rule()
+    def schedule(self) -> None:
+        expected = reference_pass(self.s, self.parked)
+        got = self.s.schedule(self.tick())
+        assert [(a.task_id, a.worker, a.allocation, a.prefetched) for a in got] == expected
+
+    @precondition(lambda self: self.running())
+    @rule(data=st.data(), ok=st.booleans(), wall=st.sampled_from([0.001, 5.0]))
+    def complete(self, data: st.DataObject, ok: bool, wall: float) -> None:
+        tid = data.draw(st.sampled_from(self.running()))
+        self.s.complete(tid, self.s.tasks[tid].attempt, ok, self.tick(),
+                        measured=Resources(1, 10, 10, 0), wall_time=wall)
+
+    @precondition(lambda self: self.running())
+    @rule(data=st.data(), resource=st.sampled_from(["memory", "cores"]))
+    def exhausted(self, data: st.DataObject, resource: str) -> None:
+        tid = data.draw(st.sampled_from(self.running()))
+        self.s.exhausted(tid, self.s.tasks[tid].attempt, [resource], self.tick(),
+                         measured=Resources(1, 100, 100, 0))
+
+    @precondition(lambda self: self.running())
+    @rule(data=st.data(), avoid=st.booleans())
+    def forsake(self, data: st.DataObject, avoid: bool) -> None:
+        tid = data.draw(st.sampled_from(self.running()))
+        self.s.forsake(tid, self.s.tasks[tid].attempt, self.tick(), "test", avoid=avoid)
+
+    @precondition(lambda self: self.s.tasks)
+    @rule(data=st.data())
+    def cancel(self, data: st.DataObject) -> None:
+        self.s.cancel(data.draw(st.sampled_from(sorted(self.s.tasks))), self.tick())
+
+
+SameDecisionsMachine.TestCase.settings = settings(max_examples=150, stateful_step_count=50,
+                                                  deadline=None)
+test_indexed_pass_decides_as_the_scan_did = SameDecisionsMachine.TestCase
 
 
 def learned_short(s: ManagerState, wall: float = 0.001) -> None:

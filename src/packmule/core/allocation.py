@@ -50,3 +50,12 @@ def box(request: Resources, worker: Resources) -> Resources | None:
         return math.floor(have * fill)
 
     return Resources._raw(*(filled(n) for n in FIELDS))
+
+
+def with_minimum(allocation: Resources | None, minimum: Resources) -> Resources | None:
+    """Raise a box to a category's explicit minimum (Work Queue: box = max(box, min))."""
+    if allocation is None or minimum.is_empty:
+        return allocation
+    vals = [a if lo is None or (a is not None and a >= lo) else lo
+            for a, lo in zip(allocation.astuple(), minimum.astuple(), strict=True)]
+    return Resources._raw(*(v or 0 for v in vals))

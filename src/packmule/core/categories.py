@@ -777,6 +777,12 @@ class Category:
         return self._steady
 
     @property
+    def draws_each(self) -> bool:
+        """Whether each task's first allocation is drawn on its own (bucketing modes): tasks
+        with the same request may then get different allocations."""
+        return self.mode in _BUCKETING_MODES
+
+    @property
     def first_allocation(self) -> Resources | None:
         """The learned first allocation of the histogram modes (None until computed)."""
         if self._first is None:
@@ -805,12 +811,6 @@ class Category:
             if limit is not None and m is not None and m > limit:
                 out.append(name)
         return out
-
-    def apply_min(self, allocation: Resources) -> Resources:
-        """Raise a box to the category's explicit min (Work Queue: box = max(box, min))."""
-        vals = [a if lo is None or (a is not None and a >= lo) else lo
-                for a, lo in zip(allocation.astuple(), self._min, strict=True)]
-        return Resources(*vals)
 
     def forget(self, task_key: int) -> None:
         """Drop the pinned draw of a task that finished or was cancelled."""

@@ -5,6 +5,12 @@ attempt ended, time passed) and returns decisions (which task runs where, with
 what allocation; what to requeue or deliver). It owns the authoritative
 accounting of what each worker has committed; it does no I/O and reads no
 clock: callers pass ``now``.
+
+Costs do not grow with the cluster: workers are indexed by what they have
+free (:mod:`.workers`), waiting tasks wait in one queue per shape
+(:mod:`.waiting`), and :meth:`ManagerState.schedule` asks about a shape
+with no room once per pass. :attr:`ManagerState.changed` says whether a
+pass could place anything new since the last one.
 """
 
 from __future__ import annotations
@@ -13,16 +19,42 @@ import hashlib
 import heapq
 import itertools
 import math
-from collections.abc import Iterable
-from dataclasses import dataclass, field
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
 
 from ..resources import ZERO, Resources, maximum
-from .allocation import box
 from .categories import AllocationMode, Attempt, Category, CategoryConfig
-from .states import ALLOWED_TRANSITIONS, InvalidTransition, TaskState, Verdict, WorkerState
+from .states import ALLOWED_TRANSITIONS, InvalidTransition, TaskState, Verdict
+from .waiting import ShapeQueue, WaitingTasks
+from .workers import PREFETCH_MAX, WorkerPool, WorkerRecord
 
-#: How many waiting tasks one scheduling pass examines at most (Work Queue: 100).
+__all__ = [
+    "HISTORY_LIMIT",
+    "MAX_EXHAUSTIONS",
+    "MAX_REQUEUES",
+    "PREFETCH_MAX",
+    "PREFETCH_WALL_TIME",
+    "RESERVE_DEPTH",
+    "SCHEDULE_DEPTH",
+    "Assignment",
+    "ManagerState",
+    "TaskRecord",
+    "Unplaceable",
+    "WorkerRecord",
+]
+
+#: Shapes (queues of tasks that would get the same allocation) one scheduling
+#: pass asks about at most without placing anything. Placements are not
+#: counted: a pass places everything that fits (or ``limit`` of them).
 SCHEDULE_DEPTH = 1000
+#: Workers one waiting shape holds at most, per pass, against tasks of lower
+#: priority (one per waiting task of the shape, up to this many).
+RESERVE_DEPTH = 1000
+#: A shape that found no room in the last pass can only find it on a worker
+#: touched since; with at most this many touched, those are looked at one by
+#: one instead of asking the index.
+TOUCHED_SCAN = 32
 #: How often a task may be requeued through no fault of its own (worker lost,
 #: forsaken) before it fails with WorkerLost: a task that kills every worker
 #: it lands on must not go round forever.
@@ -38,12 +70,12 @@ MAX_EXHAUSTIONS = 10
 #: tasks; a longer task gains nothing and could wait on one busy worker while
 #: another frees up, so it waits in the manager instead.
 PREFETCH_WALL_TIME = 0.1
-#: Prefetched tasks a worker holds at most: one per task running there, and
-#: never more than this.
-PREFETCH_MAX = 16
+
+#: One entry of a task's history: (time, from, to, why, arguments for why).
+_Entry = tuple[float, str, str, str, tuple[object, ...]]
 
 
-@dataclass
+@dataclass(slots=True, eq=False)
 class TaskRecord:
     """The core's view of one task."""
 
@@ -52,6 +84,8 @@ class TaskRecord:
     priority: float
     seq: int
     retries_left: int | None  # None: unlimited
+    category: str = "default"
+    submitted: float = 0.0
     state: TaskState = TaskState.WAITING
     attempt: int = 0
     worker: str | None = None
@@ -60,7 +94,6 @@ class TaskRecord:
     #: Workers that cannot run this task (say, its environment pack is unusable
     #: there): it is not placed on them again.
     avoid: frozenset[str] = frozenset()
-    category: str = "default"
     #: FIRST, or MAX after it exhausted an allocation packmule chose: it then
     #: runs again, bigger, ahead of the other waiting tasks.
     label: Attempt = Attempt.FIRST
@@ -69,44 +102,20 @@ class TaskRecord:
     exceeded: tuple[str, ...] = ()
     exhaustions: int = 0
     warned_unplaceable: bool = False
-    history: list[str] = field(default_factory=list)
-
-
-@dataclass
-class WorkerRecord:
-    """The core's view of one connected worker."""
-
-    id: str
-    total: Resources
-    last_seen: float
-    committed: Resources = ZERO
-    running: dict[int, Resources] = field(default_factory=dict)
-    #: Prefetched attempts, in the order sent: the worker starts each as soon as
-    #: it fits (the same rule as :meth:`promote`), so this mirrors its queue.
-    queued: dict[int, Resources] = field(default_factory=dict)
-    state: WorkerState = WorkerState.ACTIVE
+    #: Its queue while it waits (None while it runs, or when parked on its own).
+    queue: ShapeQueue | None = None
+    _history: list[_Entry] | None = None
 
     @property
-    def free(self) -> Resources:
-        return self.total - self.committed
-
-    def has_room(self) -> bool:
-        f = self.free
-        return bool(f.cores or f.gpus)
-
-    def queue_room(self) -> bool:
-        return len(self.queued) < min(PREFETCH_MAX, len(self.running))
-
-    def promote(self) -> None:
-        """Start the queued attempts that fit now, in the order they were sent."""
-        for tid, alloc in list(self.queued.items()):
-            if alloc.fits_in(self.free):
-                del self.queued[tid]
-                self.running[tid] = alloc
-                self.committed = self.committed + alloc
+    def history(self) -> list[str]:
+        """Its transitions, oldest first (the last :data:`HISTORY_LIMIT`), as text."""
+        out = [f"{self.submitted:.3f} submitted"]
+        for now, start, end, why, args in self._history or ():
+            out.append(f"{now:.3f} {start}->{end} ({why % args if args else why})")
+        return out[-HISTORY_LIMIT:]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Assignment:
     """Decision: run ``attempt`` of ``task_id`` on ``worker`` with ``allocation``."""
 
@@ -118,13 +127,15 @@ class Assignment:
     prefetched: bool = False
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Unplaceable:
-    """Notice: the task fits no connected worker (said once per task)."""
+    """Notice: tasks of this shape fit no connected worker (said once per shape)."""
 
     task_id: int
     request: Resources
     largest: Resources
+    #: Tasks of the shape waiting when it was noticed.
+    waiting: int = 1
 
 
 class ManagerState:
@@ -133,33 +144,54 @@ class ManagerState:
     def __init__(self, validate: bool = False,
                  default_category: CategoryConfig | None = None, prefetch: bool = True) -> None:
         self.tasks: dict[int, TaskRecord] = {}
-        self.workers: dict[str, WorkerRecord] = {}
+        self.pool = WorkerPool()
         self.categories: dict[str, Category] = {}
         self.default_category = default_category or CategoryConfig()
         self.validate = validate
         self.prefetch = prefetch
-        self._largest = ZERO
-        self._ready: list[tuple[float, int, int]] = []  # (-priority, seq, task_id)
-        self._parked: list[int] = []  # tasks that fit no connected worker
+        self.waiting = WaitingTasks(self.tasks)
+        #: Waiting tasks whose own request fits no connected worker (``each`` queues).
+        self._parked: list[TaskRecord] = []
         self._seq = itertools.count()
+        self._counts: Counter[TaskState] = Counter()
         self.notices: list[Unplaceable] = []
+        #: Something happened since the last full pass that may let a task start.
+        self.changed = False
+        #: Shapes (see :meth:`schedule`) that found no room in the last pass: they
+        #: can only find it on workers touched since (``pool.touched``).
+        self._no_room: set[tuple[object, ...]] = set()
+
+    @property
+    def workers(self) -> dict[str, WorkerRecord]:
+        return self.pool.workers
 
     # ------------------------------------------------------------ transitions
-    def _move(self, t: TaskRecord, to: TaskState, now: float, why: str) -> None:
+    def _move(self, t: TaskRecord, to: TaskState, now: float, why: str,
+              *args: object) -> None:
         if (t.state, to) not in ALLOWED_TRANSITIONS:
             raise InvalidTransition(t.id, t.state, to, t.history)
-        t.history.append(f"{now:.3f} {t.state.value}->{to.value} ({why})")
-        del t.history[:-HISTORY_LIMIT]
+        h = t._history
+        if h is None:
+            h = t._history = []
+        h.append((now, t.state.value, to.value, why, args))
+        if len(h) > HISTORY_LIMIT:
+            del h[0]
+        self._counts[t.state] -= 1
+        self._counts[to] += 1
         t.state = to
 
     def _enqueue(self, t: TaskRecord) -> None:
-        first = -math.inf if t.label is Attempt.MAX else -t.priority
-        heapq.heappush(self._ready, (first, t.seq, t.id))
+        if t.label is Attempt.MAX:
+            self.waiting.add(t, -math.inf, each=True)
+        else:
+            self.waiting.add(t, -t.priority, each=self.category(t.category).draws_each)
+        self.changed = True
 
     # ------------------------------------------------------------ categories
     def configure_category(self, name: str, config: CategoryConfig) -> None:
         """Set a category's allocation policy (before its tasks arrive, or it starts afresh)."""
         self.categories[name] = Category(name, config, seed=_seed(name))
+        self._unpark()
 
     def category(self, name: str) -> Category:
         cat = self.categories.get(name)
@@ -170,24 +202,23 @@ class ManagerState:
     def request_of(self, t: TaskRecord) -> Resources:
         """What this attempt asks the box rule for: the task's own values, plus learned ones."""
         cat = self.category(t.category)
+        largest = self.pool.largest
         if t.label is Attempt.MAX and cat.mode is AllocationMode.FIXED:
             # Nothing is learned in FIXED mode: what it exceeded gets the largest worker's.
             fields = t.request.as_dict()
             for r in t.exceeded:
-                fields[r] = getattr(self._largest, r)
+                fields[r] = getattr(largest, r)
             return Resources(**fields)
-        return cat.request_for(t.request, t.label, self._largest, t.id, t.measured_before,
+        return cat.request_for(t.request, t.label, largest, t.id, t.measured_before,
                                attempt=t.attempt, exceeded=t.exceeded)
 
     def _release(self, t: TaskRecord) -> None:
         """Give back the task's allocation on its worker."""
         if t.worker is not None:
-            w = self.workers.get(t.worker)
-            if w is not None and t.id in w.running:
-                w.committed = w.committed - w.running.pop(t.id)
-                w.promote()
-            elif w is not None:
-                w.queued.pop(t.id, None)
+            w = self.pool.workers.get(t.worker)
+            if w is not None:
+                self.pool.release(w, t.id)
+            self.changed = True
         t.worker = None
         t.allocation = None
 
@@ -205,9 +236,9 @@ class ManagerState:
         if task_id in self.tasks:
             raise ValueError(f"task {task_id} was already submitted")
         t = TaskRecord(task_id, request, priority, next(self._seq), max_retries,
-                       category=category)
-        t.history.append(f"{now:.3f} submitted")
+                       category=category, submitted=now)
         self.tasks[task_id] = t
+        self._counts[TaskState.WAITING] += 1
         self._enqueue(t)
         self._check()
 
@@ -246,7 +277,7 @@ class ManagerState:
         elif t.retries_left is None or t.retries_left > 0:
             if t.retries_left is not None:
                 t.retries_left -= 1
-            self._move(t, TaskState.WAITING, now, f"failed, retrying ({t.retries_left} left)")
+            self._move(t, TaskState.WAITING, now, "failed, retrying (%s left)", t.retries_left)
             self._enqueue(t)
             verdict = Verdict.RETRY
         else:
@@ -274,7 +305,8 @@ class ManagerState:
         self._release(t)
         t.requeues += 1
         if t.requeues > MAX_REQUEUES:
-            self._move(t, TaskState.DONE, now, f"{why}; gave up after {MAX_REQUEUES} requeues")
+            self._move(t, TaskState.DONE, now, "%s; gave up after %d requeues", why,
+                       MAX_REQUEUES)
             return Verdict.FAILED
         self._move(t, TaskState.WAITING, now, why)
         self._enqueue(t)
@@ -305,19 +337,21 @@ class ManagerState:
             fields[r] = max(fields[r] or 0, (getattr(had, r) or 0) + 1)
         used = Resources(**fields)
         t.exhaustions += 1
-        at_most = all((getattr(had, r) or 0) >= (getattr(self._largest, r) or 0) for r in exceeded)
+        largest = self.pool.largest
+        at_most = all((getattr(had, r) or 0) >= (getattr(largest, r) or 0) for r in exceeded)
         over_explicit = [r for r in cat.exceeds_explicit_limit(t.request, used) if r in exceeded]
         give_up = bool(over_explicit or (exceeded and at_most) or t.exhaustions > MAX_EXHAUSTIONS)
         cat.record(used, wall_time, True, cores=cores, task_key=t.id, gave_up=give_up)
+        what = ", ".join(exceeded)
         if give_up:
-            self._move(t, TaskState.DONE, now, f"exceeded {', '.join(exceeded)}")
+            self._move(t, TaskState.DONE, now, "exceeded %s", what)
             verdict = Verdict.FAILED
         else:
             t.label = Attempt.MAX
             t.exceeded = tuple(exceeded)
             t.measured_before = used if t.measured_before is None else maximum(
                 t.measured_before, used)
-            self._move(t, TaskState.WAITING, now, f"exceeded {', '.join(exceeded)}; retry bigger")
+            self._move(t, TaskState.WAITING, now, "exceeded %s; retry bigger", what)
             self._enqueue(t)
             verdict = Verdict.RETRY
         self._check()
@@ -331,6 +365,7 @@ class ManagerState:
         running = None
         if t.state is TaskState.RUNNING and t.worker is not None and t.allocation is not None:
             running = Assignment(t.id, t.attempt, t.worker, t.allocation)
+        self.waiting.discard(t)
         self._release(t)
         self._move(t, TaskState.CANCELLED, now, "cancelled")
         self._check()
@@ -341,6 +376,7 @@ class ManagerState:
         t = self.tasks.get(task_id)
         if t is not None and t.state in (TaskState.DONE, TaskState.CANCELLED):
             del self.tasks[task_id]
+            self._counts[t.state] -= 1
             self.category(t.category).forget(task_id)
 
     # ------------------------------------------------------------ worker events
@@ -348,71 +384,44 @@ class ManagerState:
         """A worker finished its handshake."""
         if not total.is_complete:
             raise ValueError(f"worker {worker_id} reported an incomplete size {total}")
-        self.workers[worker_id] = WorkerRecord(worker_id, total, now)
-        self._largest = maximum(self._largest, total)
-        for tid in self._parked:
-            t = self.tasks.get(tid)
-            if t is not None and t.state is TaskState.WAITING:
-                self._enqueue(t)
-        self._parked.clear()
+        self.pool.add(worker_id, total, now)
+        self._unpark()
+        self.changed = True
         self._check()
+
+    def _unpark(self) -> None:
+        self.waiting.unpark()
+        parked, self._parked = self._parked, []
+        for t in parked:
+            if t.state is TaskState.WAITING and t.queue is None:
+                self._enqueue(t)
+        self.changed = True
 
     def seen(self, worker_id: str, now: float) -> None:
         """Anything arrived from the worker: its lease is renewed."""
-        w = self.workers.get(worker_id)
-        if w is not None:
-            w.last_seen = now
+        self.pool.seen(worker_id, now)
 
     def remove_worker(self, worker_id: str, now: float, why: str) -> list[tuple[int, Verdict]]:
         """A worker is gone: its tasks go back to the queue (or fail after too many requeues)."""
-        w = self.workers.pop(worker_id, None)
+        w = self.pool.remove(worker_id)
         if w is None:
             return []
-        self._largest = self.largest_worker()
         out = []
         for tid in [*w.running, *w.queued]:
             t = self.tasks[tid]
+            t.worker = None  # its worker's accounting is gone with it
             out.append((tid, self._requeue(t, now, f"worker {worker_id} lost: {why}")))
         self._check()
         return out
 
     def expired(self, now: float, lease: float) -> list[str]:
         """Workers not heard from within ``lease`` seconds."""
-        return [w.id for w in self.workers.values() if now - w.last_seen > lease]
+        return self.pool.expired(now, lease)
 
     # ------------------------------------------------------------ scheduling
     def largest_worker(self) -> Resources:
         """Element-wise maximum over connected workers."""
-        best = ZERO
-        for w in self.workers.values():
-            best = maximum(best, w.total)
-        return best
-
-    def _place(
-        self, t: TaskRecord, workers: Iterable[WorkerRecord], prefetch: bool = False
-    ) -> tuple[WorkerRecord, Resources] | None:
-        """Best fit: the worker left with the fewest free cores (then memory) after
-        placing. With ``prefetch``: the busy worker with queue room and the shortest
-        queue that could run ``t`` once room frees there."""
-        choice: tuple[tuple[int, int], WorkerRecord, Resources] | None = None
-        request = self.request_of(t)
-        cat = self.category(t.category)
-        for w in workers:
-            if w.id in t.avoid or (prefetch and not w.queue_room()):
-                continue
-            b = box(request, w.total)
-            if b is not None:
-                b = cat.apply_min(b)
-            if b is None or not b.fits_in(w.total if prefetch else w.free):
-                continue
-            if prefetch:
-                key = (len(w.queued), -(w.free.cores or 0))
-            else:
-                left = w.free - b
-                key = (left.cores or 0, left.memory or 0)
-            if choice is None or key < choice[0]:
-                choice = (key, w, b)
-        return None if choice is None else (choice[1], choice[2])
+        return self.pool.largest
 
     def _prefetchable(self, t: TaskRecord) -> bool:
         """Short tasks (by their category's record) on their first allocation."""
@@ -421,96 +430,165 @@ class ManagerState:
         wall = self.category(t.category).typical_wall_time()
         return wall is not None and wall < PREFETCH_WALL_TIME
 
-    def _fits_some_worker(self, t: TaskRecord) -> bool:
-        request = self.request_of(t)
-        return any(box(request, w.total) is not None for w in self.workers.values()
-                   if w.id not in t.avoid)
-
-    def _reserve(self, t: TaskRecord, reserved: dict[str, float]) -> None:
-        """Hold the worker closest to fitting ``t`` against lower-priority tasks."""
-        best: tuple[tuple[int, int], WorkerRecord] | None = None
-        for w in self.workers.values():
-            if w.id in reserved or w.id in t.avoid or box(self.request_of(t), w.total) is None:
-                continue
-            key = (-(w.free.cores or 0), -(w.free.memory or 0))
-            if best is None or key < best[0]:
-                best = (key, w)
-        if best is not None:
-            reserved[best[1].id] = t.priority
-
-    def schedule(self, now: float) -> list[Assignment]:
+    def schedule(self, now: float, limit: int | None = None) -> list[Assignment]:
         """Assign waiting tasks to workers with room, highest priority first.
 
         Tasks of equal priority backfill: a small task may start while a larger
         one ahead of it waits for room. A task of *higher* priority that does
-        not fit yet reserves the worker closest to fitting it: tasks of lower
-        priority do not start there until it has started. A short task (see
+        not fit yet, while tasks of lower priority wait, reserves the workers
+        closest to fitting it (one per waiting task of its shape): tasks of
+        lower priority do not start there in this pass. A short task (see
         :data:`PREFETCH_WALL_TIME`) that fits nowhere now is prefetched to a
         busy worker instead, which starts it when room frees there.
+
+        At most ``limit`` assignments (None: all that fit); :attr:`changed`
+        stays true when the pass stopped at the limit.
         """
         out: list[Assignment] = []
-        if not self.workers:
+        pool, waiting = self.pool, self.waiting
+        if not self.changed:
+            return out  # nothing happened that could let a task start
+        self.changed = False
+        if not pool.workers or not len(waiting) or not pool.open():
             return out
-        open_workers = [w for w in self.workers.values() if w.has_room() or w.queue_room()]
-        deferred: list[tuple[float, int, int]] = []
-        reserved: dict[str, float] = {}  # worker id -> priority it is held for
-        scanned = 0
-        while self._ready and open_workers and scanned < SCHEDULE_DEPTH:
-            entry = heapq.heappop(self._ready)
-            t = self.tasks.get(entry[2])
-            if t is None or t.state is not TaskState.WAITING or t.seq != entry[1]:
-                continue  # stale heap entry
-            scanned += 1
-            allowed = [w for w in open_workers if reserved.get(w.id, t.priority) <= t.priority]
-            placed = self._place(t, [w for w in allowed if w.has_room()])
-            queued = False
-            if placed is None and self._prefetchable(t):
-                placed = self._place(t, allowed, prefetch=True)
-                queued = placed is not None
-            if placed is None:
-                if self._fits_some_worker(t):
-                    deferred.append(entry)
-                    self._reserve(t, reserved)
+        before = pool.take_touched()
+        no_room = self._no_room
+        commits = 0
+        reserved: dict[str, float] = {}  # worker id -> the priority it is held for
+        to_hold: list[tuple[float, str]] = []  # reservations not yet taken out of the indexes
+        failed: set[tuple[object, ...]] = set()  # shapes with no room in this pass
+        aside: list[ShapeQueue] = []
+        shapes: dict[int, tuple[Resources, Resources, bool]] = {}
+        lowest = waiting.lowest_priority()
+        examined = 0
+        try:
+            while (q := waiting.next_queue()) is not None:
+                if limit is not None and len(out) >= limit:
+                    aside.append(q)
+                    self.changed = True
+                    break
+                t = waiting.head(q)
+                retrying = q.first == -math.inf
+                if not retrying:
+                    # Workers held for higher priorities leave the indexes for the pass.
+                    while to_hold and -to_hold[0][0] > q.priority:
+                        pool.hold(heapq.heappop(to_hold)[1])
+                shape = None if q.each else shapes.get(q.id)
+                if shape is None:
+                    shape = (self.request_of(t), self.category(t.category).config.min,
+                             self._prefetchable(t))
+                    if not q.each:
+                        shapes[q.id] = shape
+                request, minimum, prefetchable = shape
+                key = (request, minimum, q.avoid, prefetchable, q.priority)
+                placement = None
+                prefetched = False
+                if key not in failed:
+                    allowed = _allowed(q.avoid, reserved if retrying else {}, q.priority)
+                    if key in no_room and len(before) + len(pool.touched) <= TOUCHED_SCAN:
+                        # It found no room last time: only touched workers may have some.
+                        near = before | pool.touched
+                        placement = pool.best_fit_among(near, request, minimum, allowed)
+                        if placement is None and prefetchable:
+                            placement = pool.prefetch_among(near, request, minimum, allowed)
+                            prefetched = placement is not None
+                    else:
+                        placement = pool.best_fit(request, minimum, allowed)
+                        if placement is None and prefetchable:
+                            placement = pool.prefetch_target(request, minimum, allowed)
+                            prefetched = placement is not None
+                if placement is not None:
+                    waiting.take_head(q)
+                    out.append(self._dispatch(t, *placement, prefetched, now))
+                    commits += not prefetched
+                    waiting.put_back(q)
+                    if not pool.open():
+                        break
+                    continue
+                failed.add(key)
+                examined += 1
+                n = 1
+                if q.each:
+                    waiting.defer_head(q)
+                    waiting.put_back(q)
                 else:
-                    self._parked.append(t.id)
-                    if not t.warned_unplaceable:
-                        t.warned_unplaceable = True
-                        self.notices.append(Unplaceable(t.id, t.request, self.largest_worker()))
-                continue
-            w, alloc = placed
-            t.attempt += 1
-            t.worker = w.id
-            t.allocation = alloc
-            if queued:
-                w.queued[t.id] = alloc
-            else:
-                w.running[t.id] = alloc
-                w.committed = w.committed + alloc
-            self._move(t, TaskState.RUNNING, now, f"attempt {t.attempt} on {w.id} with {alloc}"
-                       + (" (prefetched)" if queued else ""))
-            out.append(Assignment(t.id, t.attempt, w.id, alloc, queued))
-            if not (w.has_room() or w.queue_room()):
-                open_workers.remove(w)
-        for entry in deferred:
-            heapq.heappush(self._ready, entry)
+                    aside.append(q)
+                    n = q.waiting
+                if not pool.fits_somewhere(request, q.avoid):
+                    self._park(q, t, request)
+                elif lowest is not None and lowest < q.priority:
+                    self._reserve(request, q, min(n, RESERVE_DEPTH), reserved, to_hold)
+                if examined >= SCHEDULE_DEPTH:
+                    break
+        finally:
+            pool.unhold_all()
+            for wid in reserved:
+                pool.touch(wid)  # held in this pass only: look at it again next time
+            for q in aside:
+                if not q.parked:
+                    waiting.put_back(q)
+            waiting.restore_deferred()
+        # Shapes that failed here fail next time too, except on workers touched since;
+        # those touched in this pass stay touched. A task that runs gives its worker
+        # room in its prefetch queue, so prefetchable shapes are asked again then.
+        self._no_room = failed
+        if commits and any(k[3] for k in failed):
+            self.changed = True
         self._check()
         return out
+
+    def _dispatch(self, t: TaskRecord, w: WorkerRecord, alloc: Resources, prefetched: bool,
+                  now: float) -> Assignment:
+        t.attempt += 1
+        t.worker = w.id
+        t.allocation = alloc
+        if prefetched:
+            self.pool.enqueue(w, t.id, alloc)
+        else:
+            self.pool.commit(w, t.id, alloc)
+        self._move(t, TaskState.RUNNING, now, "attempt %d on %s with %s%s", t.attempt, w.id,
+                   alloc, " (prefetched)" if prefetched else "")
+        return Assignment(t.id, t.attempt, w.id, alloc, prefetched)
+
+    def _park(self, q: ShapeQueue, t: TaskRecord, request: Resources) -> None:
+        """The shape fits no connected worker: it waits, out of the order, for a new one."""
+        if q.each:
+            self.waiting.discard(t)  # parked on its own: its request is its own
+            self._parked.append(t)
+            if t.warned_unplaceable:
+                return
+            t.warned_unplaceable = True
+            waiting = 1
+        else:
+            self.waiting.park(q)
+            if q.warned:
+                return
+            q.warned = True
+            waiting = q.waiting
+        self.notices.append(Unplaceable(t.id, request, self.pool.largest, waiting))
+
+    def _reserve(self, request: Resources, q: ShapeQueue, n: int, reserved: dict[str, float],
+                 to_hold: list[tuple[float, str]]) -> None:
+        """Hold the ``n`` workers closest to fitting ``request`` against lower priorities."""
+        avoid = q.avoid
+        for w in itertools.islice(self.pool.closest(
+                request, lambda w: w.id not in avoid and w.id not in reserved), n):
+            reserved[w.id] = q.priority
+            heapq.heappush(to_hold, (-q.priority, w.id))
+
+    def take_notices(self) -> list[Unplaceable]:
+        """The notices since the last call."""
+        notices, self.notices = self.notices, []
+        return notices
 
     # ------------------------------------------------------------ views
     def counts(self) -> dict[str, int]:
         """Number of tasks in each state."""
-        c = {s.value: 0 for s in TaskState}
-        for t in self.tasks.values():
-            c[t.state.value] += 1
-        return c
+        return {s.value: self._counts[s] for s in TaskState}
 
     def totals(self) -> tuple[Resources, Resources]:
         """(committed, total) summed over connected workers."""
-        committed, total = ZERO, ZERO
-        for w in self.workers.values():
-            committed = committed + w.committed
-            total = total + w.total
-        return committed, total
+        return self.pool.totals()
 
     # ------------------------------------------------------------ invariants
     def _check(self) -> None:
@@ -519,6 +597,8 @@ class ManagerState:
 
     def check_invariants(self) -> None:
         """Raise AssertionError if the accounting is inconsistent."""
+        self.pool.check()
+        self.waiting.check()
         for w in self.workers.values():
             summed = ZERO
             for tid, alloc in w.running.items():
@@ -527,13 +607,16 @@ class ManagerState:
                 assert t.worker == w.id and t.allocation == alloc, f"task {tid} accounting"
                 summed = summed + alloc
             assert summed == w.committed, f"worker {w.id}: committed {w.committed} != {summed}"
-            assert w.committed.fits_in(w.total), f"worker {w.id} overcommitted: {w.committed}"
             assert len(w.queued) <= PREFETCH_MAX, f"worker {w.id}: {len(w.queued)} prefetched"
             for tid, alloc in w.queued.items():
                 t = self.tasks[tid]
                 assert tid not in w.running, f"task {tid} both queued and running on {w.id}"
                 assert t.state is TaskState.RUNNING and t.worker == w.id, f"queued task {tid}"
                 assert t.allocation == alloc and alloc.fits_in(w.total), f"queued task {tid}"
+        parked = {t.id for t in self._parked if t.state is TaskState.WAITING and t.queue is None}
+        counted = Counter(t.state for t in self.tasks.values())
+        for s in TaskState:
+            assert counted[s] == self._counts[s], f"{s.value}: {counted[s]} != {self._counts[s]}"
         for t in self.tasks.values():
             if t.state is TaskState.RUNNING:
                 assert t.worker in self.workers, f"task {t.id} runs on unknown worker {t.worker}"
@@ -541,6 +624,18 @@ class ManagerState:
                 assert t.id in w.running or t.id in w.queued, f"task {t.id} lost on {w.id}"
             else:
                 assert t.worker is None, f"task {t.id} in {t.state} holds worker {t.worker}"
+            if t.state is TaskState.WAITING:
+                assert t.queue is not None or t.id in parked, f"task {t.id} waits nowhere"
+            else:
+                assert t.queue is None, f"task {t.id} in {t.state} is still queued"
+
+
+def _allowed(avoid: frozenset[str], reserved: dict[str, float], priority: float
+             ) -> Callable[[WorkerRecord], bool] | None:
+    """A filter for workers: not avoided, and not held for a higher priority (None: any)."""
+    if not avoid and not reserved:
+        return None
+    return lambda w: w.id not in avoid and reserved.get(w.id, priority) <= priority
 
 
 def _seed(name: str) -> int:
