@@ -1,0 +1,47 @@
+"""benchmarks/many_workers.py keeps working (a smoke run, not a speed test)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(90)
+def test_many_workers_quick_connects_every_emulated_worker() -> None:
+    res = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "many_workers.py"), "--quick"],
+        capture_output=True, text=True, timeout=80, check=False,
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    out = json.loads(res.stdout)
+    assert {"machine", "settings", "targets", "emulated", "meets_targets",
+            "duration_s"} <= set(out)
+    section = out["emulated"]
+    assert section["sizes"] == [10, 100]
+    assert set(section["ratio_vs_smallest"]) == {"100"}
+    for size, run in section["runs"].items():
+        k = int(size)
+        assert "error" not in run and "skipped" not in run, run
+        assert {"connect", "idle", "throughput", "shutdown", "emulator", "manager_log",
+                "loop_rss_mb_max", "meets_targets"} <= set(run)
+        assert run["connect"]["connected"] == k and not run["connect"]["timed_out"]
+        assert run["workers_connected"] == k
+        assert run["workers_lost"] == 0
+        assert run["emulator"]["welcomed_once"] == k
+        assert run["emulator"]["rejected"] == 0 and run["emulator"]["protocol_errors"] == 0
+        tp = run["throughput"]
+        assert tp["completed"] == tp["tasks"] and tp["failed"] == 0 and tp["tasks_per_s"] > 0
+        assert run["emulator"]["tasks_answered"] == tp["tasks"] + tp["warmup"]
+        assert run["idle"]["loop_cpu_cores"] >= 0 and run["idle"]["loop_rss_mb"] > 0
+        assert "emulators" in tp["cpu_cores"]
+        assert run["shutdown"]["exits_received"] == k
+        assert set(run["meets_targets"]) >= {"all_connected", "none_lost", "connect_s",
+                                             "idle_loop_cpu", "loop_rss_mb", "shutdown_s"}
+    assert "emulated_100_throughput_ratio" in out["meets_targets"]
