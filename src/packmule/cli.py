@@ -12,8 +12,9 @@ from pathlib import Path
 
 from ._version import __version__
 from .errors import AuthenticationError, InvalidResources
-from .protocol.security import PASSWORD_ENV, load_secret
 from .resources import Resources
+
+# protocol.security (zmq) is imported where it is used: ``packmule sim`` does without.
 
 
 def _address(text: str) -> tuple[str, int]:
@@ -52,7 +53,11 @@ def _seconds(text: str) -> float:
     return v
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(pack: bool = True) -> argparse.ArgumentParser:
+    """The ``packmule`` parser; ``pack=False`` leaves ``pack`` out (it imports the pack
+    builder, which a worker does not need)."""
+    from .protocol.security import PASSWORD_ENV
+
     p = argparse.ArgumentParser(
         prog="packmule",
         description="packmule: run heterogeneous Python and shell tasks on clusters.",
@@ -97,9 +102,10 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--single-shot", action="store_true",
                    help="exit when the first manager session ends instead of reconnecting")
     w.add_argument("--debug", action="store_true", help="log every step")
-    from .envpack.cli import add_parser as add_pack_parser
+    if pack:
+        from .envpack.cli import add_parser as add_pack_parser
 
-    add_pack_parser(sub)
+        add_pack_parser(sub)
     sim = sub.add_parser(
         "sim",
         help="simulate allocation strategies on task traces (no cluster needed)",
@@ -114,6 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def worker_main(args: argparse.Namespace) -> int:
+    from .protocol.security import PASSWORD_ENV, load_secret
     from .worker import detect
     from .worker.daemon import Worker
 
@@ -163,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
         from .sim.alloc import main as sim_alloc
 
         return sim_alloc(argv[2:])
-    args = build_parser().parse_args(argv)
+    args = build_parser(pack=argv[:1] != ["worker"]).parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if getattr(args, "debug", False) else logging.INFO,
         format=f"%(asctime)s packmule[{os.getpid()}] %(levelname)s %(message)s",

@@ -3,22 +3,51 @@
 Only bytes that arrived over an authenticated connection are ever passed to
 :func:`loads`: calls on the worker (from the manager), results and exceptions
 on the manager (from its workers).
+
+Runners import this module, and cloudpickle only when they need it (a call
+pickled by value imports it as it is unpickled; a result or an exception that
+plain ``pickle`` refuses, in :func:`_dumps`): a warm runner that has run only
+importable functions never loads it (2.6 MB and 15 ms less).
 """
 
 from __future__ import annotations
 
 import pickle
 import traceback
-from collections.abc import Callable
-from typing import Any
-
-import cloudpickle
 
 from .errors import RemoteException, RemoteTraceback, SerializationError
+
+TYPE_CHECKING = False  # not typing's: runners need not import it
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any
+
+
+def _cloudpickle() -> Any:
+    import cloudpickle
+
+    return cloudpickle
+
+
+def _dumps(obj: object) -> bytes:
+    """Pickle what a task produced, where it ran: plain ``pickle`` first, cloudpickle
+    for what that refuses (lambdas, and classes and functions that came by value).
+
+    Only for the task's side: there ``__main__`` is the runner, so an object of the
+    user's ``__main__`` (which came by value) cannot be found by reference and plain
+    ``pickle`` refuses it. On the user's side :func:`dumps_call` must use cloudpickle,
+    which sends ``__main__``'s functions by value.
+    """
+    try:
+        return pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception:
+        data: bytes = _cloudpickle().dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+        return data
 
 
 def dumps_call(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:
     """Pickle a call; raises SerializationError naming what could not be pickled."""
+    cloudpickle = _cloudpickle()
     try:
         return cloudpickle.dumps((fn, args, kwargs), protocol=pickle.HIGHEST_PROTOCOL)  # type: ignore[no-any-return]
     except Exception as exc:
@@ -35,6 +64,7 @@ def _find_unpicklable(fn: object, args: tuple[Any, ...], kwargs: dict[str, Any])
     candidates: list[tuple[str, object]] = [("the function", fn)]
     candidates += [(f"argument {i}", a) for i, a in enumerate(args)]
     candidates += [(f"keyword argument {k!r}", v) for k, v in kwargs.items()]
+    cloudpickle = _cloudpickle()
     for label, obj in candidates:
         try:
             cloudpickle.dumps(obj)
@@ -51,7 +81,7 @@ def loads(data: bytes) -> Any:
 def dumps_result(value: Any) -> bytes:
     """Pickle a task's return value (raises SerializationError with the reason)."""
     try:
-        return cloudpickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)  # type: ignore[no-any-return]
+        return _dumps(value)
     except Exception as exc:
         raise SerializationError(
             f"the task's return value ({type(value).__name__}) cannot be pickled: {exc}. "
@@ -66,12 +96,12 @@ def dumps_exception(exc: BaseException) -> bytes:
         # SystemExit or KeyboardInterrupt must not end the *manager's* program.
         exc = RemoteException(type(exc).__qualname__, str(exc))
     try:
-        data: bytes = cloudpickle.dumps((exc, tb), protocol=pickle.HIGHEST_PROTOCOL)
+        data = _dumps((exc, tb))
         pickle.loads(data)  # an exception that pickles but cannot be rebuilt is no use
         return data
     except Exception:
         stand_in = RemoteException(type(exc).__qualname__, str(exc))
-        return cloudpickle.dumps((stand_in, tb), protocol=pickle.HIGHEST_PROTOCOL)  # type: ignore[no-any-return]
+        return pickle.dumps((stand_in, tb), protocol=pickle.HIGHEST_PROTOCOL)
 
 
 def loads_exception(data: bytes) -> BaseException:

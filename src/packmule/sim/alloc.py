@@ -35,7 +35,6 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..cli import whole_number
 from ..core.allocation import box
 from ..core.categories import (
     AllocationMode,
@@ -331,7 +330,15 @@ def _modes(text: str) -> tuple[AllocationMode, ...]:
     return tuple(_mode(t) for t in text.split(",") if t.strip())
 
 
-_positive = whole_number(1)
+def _positive(text: str) -> int:
+    # Not cli.whole_number: the simulator does not import the command line (and zmq).
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {v}")
+    return v
 
 
 def build_parser(prog: str = "packmule sim alloc") -> argparse.ArgumentParser:

@@ -14,15 +14,14 @@ import enum
 import logging
 import mmap
 import os
+import random
 import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
-import uuid
 from dataclasses import dataclass
-from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
@@ -37,13 +36,28 @@ from ..protocol.security import derive_keys
 from ..resources import Resources
 from .monitor import DISK_INTERVAL, MB, CgroupRoot, MemoryCgroup, TreeSampler, tree_size
 from .packs import PackCache, Unpacked
-from .runner import BOARD_SIZE, read_board
+from .runner import BOARD_SIZE, Channel, read_board
 
 log = logging.getLogger("packmule.worker")
 
-#: Reconnect backoff: first wait, and the cap it doubles up to.
+#: Reconnect backoff, with "full jitter": before each reconnection a worker waits a
+#: uniform random time between 0 and min(MAX_BACKOFF, MIN_BACKOFF x 2**n) seconds, n
+#: being the reconnections it has made since it last reached a manager
+#: (:func:`reconnect_delay`); its first connection is immediate. Jitter, because a
+#: manager that restarts loses all its workers at one instant, and a fixed schedule
+#: would bring them all back at one instant, retry after retry. Full jitter, because
+#: spreading the workers uniformly over the whole window gives the flattest arrival
+#: rate that window allows (N / ceiling) and, of the schemes compared in "Exponential
+#: Backoff And Jitter" (AWS Architecture Blog, 2015), the least total work; and unlike
+#: "decorrelated jitter" each wait depends on n alone, not on the previous wait.
 MIN_BACKOFF = 1.0
+#: The cap of that doubling ceiling (seconds).
 MAX_BACKOFF = 60.0
+#: Within a session, until the manager answers, libzmq retries the TCP connection
+#: every RECONNECT_INTERVAL plus a uniform random part of it (seconds): every 1-2 s
+#: rather than libzmq's default 0.1-0.2 s, so that workers waiting for a manager
+#: that restarts come back spread over a second and a half, not a fifth of one.
+RECONNECT_INTERVAL = 1.0
 #: Default idle timeout and connect timeout (seconds), as Work Queue's.
 IDLE_TIMEOUT = 900.0
 CONNECT_TIMEOUT = 900.0
@@ -55,6 +69,13 @@ MAX_IDLE_RUNNERS = 8
 #: (what a task allocated and kept, e.g. big imports or caches, would
 #: otherwise count against the next tasks' memory).
 RUNNER_RSS_LIMIT = 512 * MB
+
+
+def reconnect_delay(retry: int, rng: random.Random) -> float:
+    """Seconds to wait before reconnection number ``retry`` (0: the first since the
+    last session that reached a manager): full jitter, see ``MIN_BACKOFF``."""
+    ceiling = min(MAX_BACKOFF, MIN_BACKOFF * 2.0 ** min(retry, 64))
+    return rng.uniform(0.0, ceiling)
 
 
 def _over(resource: str, used: int, limit: int) -> str:
@@ -84,7 +105,7 @@ class Runner:
     """A warm interpreter with its own sandbox directory, reused task after task."""
 
     proc: subprocess.Popen[bytes]
-    conn: Connection
+    conn: Channel
     sandbox: Path
     #: Its memory cgroup, where the worker can make one (the limit is set per task).
     cgroup: MemoryCgroup | None = None
@@ -206,7 +227,7 @@ def _spawn_runner(sandbox: Path, cgroups: CgroupRoot | None, python: str = sys.e
         env=env,
     )
     child.close()
-    runner = Runner(proc, Connection(parent.detach()), sandbox, pack=pack)
+    runner = Runner(proc, Channel(parent.detach()), sandbox, pack=pack)
     with open(board, "r+b") as f:
         runner.board = mmap.mmap(f.fileno(), BOARD_SIZE)
     if cgroups is not None:
@@ -244,7 +265,7 @@ class Worker:
         self.connect_timeout = connect_timeout
         self.single_shot = single_shot
         self.hostname = socket.gethostname()
-        self.workspace = workdir / f"worker-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self.workspace = workdir / f"worker-{os.getpid()}-{os.urandom(4).hex()}"
         self._stop_reason: str | None = None
         self.packs = PackCache(pack_cache or default_cache_root())
         if enforce not in ENFORCEMENT:
@@ -266,7 +287,8 @@ class Worker:
         old_wakeup = signal.set_wakeup_fd(sig_w.fileno())
         previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
         self._sig = sig_r
-        backoff = MIN_BACKOFF
+        retry = 0  # reconnections since the last session that reached a manager
+        rng = random.Random()  # seeded from os.urandom: each worker draws its own waits
         reachable_since = time.monotonic()
         try:
             while True:
@@ -277,16 +299,16 @@ class Worker:
                 if self.single_shot and connected:
                     return int(ExitCode.OK)
                 if connected:
-                    reachable_since, backoff = time.monotonic(), MIN_BACKOFF
+                    reachable_since, retry = time.monotonic(), 0
                 if time.monotonic() - reachable_since > self.connect_timeout:
                     log.error(
                         "no manager reachable at %s:%d for %.0f s (--connect-timeout); exiting",
                         self.host, self.port, self.connect_timeout,
                     )
                     return int(ExitCode.UNREACHABLE)
-                if self._sleep(backoff):
+                if self._sleep(reconnect_delay(retry, rng)):
                     return int(ExitCode.OK)
-                backoff = min(MAX_BACKOFF, backoff * 2)
+                retry += 1
         finally:
             signal.set_wakeup_fd(old_wakeup)
             for s, h in previous.items():
@@ -326,9 +348,10 @@ class Worker:
         sock.curve_publickey = self.keys.client_public
         sock.curve_secretkey = self.keys.client_secret
         sock.linger = 1000
+        sock.reconnect_ivl = int(RECONNECT_INTERVAL * 1000)
         sock.sndhwm = 0
         sock.rcvhwm = 0
-        sock.routing_id = uuid.uuid4().bytes
+        sock.routing_id = os.urandom(16)
         monitor = sock.get_monitor_socket(
             zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
             | zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_DISCONNECTED

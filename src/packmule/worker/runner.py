@@ -1,14 +1,21 @@
 """A runner: a warm interpreter that executes a worker's tasks, one at a time.
 
-The worker starts runners with ``python -m packmule.worker.runner FD``, each
-in its own session (process group), and talks to it over a socket pair: one
-msgpack request per task, one reply. Python tasks run inside the runner
-itself, so they pay no interpreter start; shell tasks run as a child in the
-runner's process group. Killing the group kills the task and anything it
+The worker starts runners with ``python -m packmule.worker.runner FD BOARD``,
+each in its own session (process group), and talks to it over a socket pair
+(a :class:`Channel`): one msgpack request per task, one reply. Python tasks
+run inside the runner itself, so they pay no interpreter start; shell tasks
+run as a child in the runner's process group. Killing the group kills the task and anything it
 started; the worker then starts a fresh runner.
 
 The requests come from the worker, which got them from an authenticated
 manager: this is the only place where task calls are unpickled.
+
+A runner is started for every warm slot and again after every killed task,
+and holds what it imports for its whole life, so it imports only what it
+needs to take requests: ``msgpack``, and ``pickle`` through ``serialize``;
+not ``multiprocessing``, ``typing`` or cloudpickle (until a task needs it),
+nor ``subprocess`` before its first shell task. ``benchmarks/footprint.py``
+measures it.
 """
 
 from __future__ import annotations
@@ -17,23 +24,93 @@ import contextlib
 import functools
 import mmap
 import os
+import select
 import signal
 import struct
-import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
-from multiprocessing.connection import Connection
-from typing import Any
 
 import msgpack
 
 from ..errors import SerializationError
 from ..serialize import dumps_exception, dumps_result, loads
 
+#: ``typing`` would cost each runner 1.7 MB and 15 ms; only type checkers need it
+#: here (they take any ``TYPE_CHECKING`` as true).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any
+
 #: Captured stdout/stderr beyond this many bytes is cut (the end is kept).
 OUTPUT_LIMIT = 1 << 20
+
+
+class Channel:
+    """One end of the worker-runner socket pair: whole messages, each after its length.
+
+    The framing (a signed 32-bit big-endian length; -1 and a 64-bit length
+    beyond 2 GiB) and the methods are those of
+    :class:`multiprocessing.connection.Connection`, over the bare descriptor:
+    importing ``multiprocessing`` would cost each runner 4.6 MB and 20 ms.
+    """
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    def fileno(self) -> int:
+        return self._open()
+
+    def _open(self) -> int:
+        if self.fd < 0:
+            raise OSError("the channel is closed")
+        return self.fd
+
+    def send_bytes(self, data: bytes) -> None:
+        n = len(data)
+        header = struct.pack("!i", n) if n <= 0x7FFFFFFF else struct.pack("!iQ", -1, n)
+        fd = self._open()
+        views = [memoryview(header), memoryview(data)]
+        while views:
+            done = os.writev(fd, views)
+            while views and done >= len(views[0]):
+                done -= len(views.pop(0))
+            if views:
+                views[0] = views[0][done:]
+
+    def recv_bytes(self) -> bytearray:
+        """The next message; EOFError when the other end has closed."""
+        (n,) = struct.unpack("!i", self._read(4))
+        if n == -1:
+            (n,) = struct.unpack("!Q", self._read(8))
+        return self._read(n)
+
+    def _read(self, n: int) -> bytearray:
+        fd = self._open()
+        buf = bytearray(n)
+        view = memoryview(buf)
+        got = 0
+        while got < n:
+            k = os.readv(fd, [view[got:]])
+            if k == 0:
+                raise EOFError("the other end closed the channel")
+            got += k
+        return buf
+
+    def poll(self, timeout: float = 0.0) -> bool:
+        """Whether a message (or the end) is waiting, within ``timeout`` seconds."""
+        p = select.poll()
+        p.register(self._open(), select.POLLIN)
+        return bool(p.poll(timeout * 1000))
+
+    def close(self, _close: Callable[[int], None] = os.close) -> None:
+        if self.fd >= 0:
+            fd, self.fd = self.fd, -1
+            _close(fd)
+
+    def __del__(self) -> None:
+        self.close()
 
 
 def _read_capped(path: str) -> bytes:
@@ -134,6 +211,8 @@ def _self() -> _Proc:
 def run_shell(command: str, sandbox: str, env: dict[str, str], out_path: str,
               err_path: str) -> tuple[int, int, float]:
     """Run a command; returns (exit code, child's peak RSS in bytes, child CPU seconds)."""
+    import subprocess  # only runners that run shell tasks pay for it
+
     with open(out_path, "wb") as out, open(err_path, "wb") as err:
         proc = subprocess.Popen(
             ["/bin/sh", "-c", command], cwd=sandbox, env={**os.environ, **env},
@@ -283,7 +362,7 @@ def _die_with_parent(interval: float = 0.5) -> None:
 
 
 def main() -> None:
-    conn = Connection(int(sys.argv[1]))
+    conn = Channel(int(sys.argv[1]))
     board = Board(sys.argv[2])
     _die_with_parent()
     # A task's output must not go to the worker's terminal between tasks either.
