@@ -263,17 +263,24 @@ class SchedulerMachine(RuleBasedStateMachine):
             return ((w.free.cores or 0) - (a.cores or 0), (w.free.memory or 0) - (a.memory or 0),
                     w.seq)
 
+        shape = pool.shape(req, minimum)
         expected = brute_best_fit(workers, req, minimum, allowed)
-        assert fit_key(pool.best_fit(req, minimum, allowed)) == expected
-        assert fit_key(pool.best_fit_among([w.seq for w in workers], req, minimum,
-                                           allowed)) == expected
-        got = pool.prefetch_target(req, minimum, allowed)
+        assert fit_key(pool.best_fit(shape, allowed)) == expected
+        assert fit_key(pool.best_fit_among([w.seq for w in workers], shape, allowed)) == expected
+        pool.index_queues()
+        got = pool.prefetch_target(shape, allowed)
         key = None if got is None else (len(got[0].queued), -(got[0].free.cores or 0), got[0].seq)
         assert key == brute_prefetch(workers, req, minimum, allowed)
         closest = [(-(w.free.cores or 0), -(w.free.memory or 0), w.seq)
                    for w in pool.closest(req)]
         assert closest == brute_closest(workers, req)
         assert pool.fits_somewhere(req) == any(box(req, w.total) is not None for w in workers)
+        # What the shape needs at least is no more than it gets on any worker.
+        for w in workers:
+            b = shape.on(w.total)
+            if b is not None:
+                assert all(n <= v for n, v in zip(shape.need, (b.gpus, b.cores, b.memory,
+                                                               b.disk), strict=True))
 
     @invariant()
     def never_overcommitted(self) -> None:

@@ -45,7 +45,7 @@ class Resources:
     ``-``) treats unspecified fields as zero and returns complete values.
     """
 
-    __slots__ = ("cores", "disk", "gpus", "memory")
+    __slots__ = ("_hash", "cores", "disk", "gpus", "memory")
     cores: int | None
     memory: int | None
     disk: int | None
@@ -84,7 +84,12 @@ class Resources:
         return self.astuple() == other.astuple()
 
     def __hash__(self) -> int:
-        return hash(self.astuple())
+        try:
+            return self._hash  # type: ignore[attr-defined,no-any-return]
+        except AttributeError:  # computed once, on first use (values are often dict keys)
+            h = hash(self.astuple())
+            object.__setattr__(self, "_hash", h)
+            return h
 
     def __reduce__(self) -> tuple[object, ...]:
         return (Resources, self.astuple())

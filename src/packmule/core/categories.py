@@ -184,6 +184,8 @@ _BUCKETING_MODES = frozenset(
 class Attempt(enum.Enum):
     """Which label an attempt runs with."""
 
+    __hash__ = object.__hash__  # singletons: by identity (faster than Enum's hash)
+
     FIRST = "first"
     """A task's first attempt (or a re-run after a lost worker): the learned first allocation."""
     MAX = "max"
@@ -980,6 +982,9 @@ class Category:
         self._attempts += 1
         if exhausted:
             self._exhausted += 1
+        if self.mode is AllocationMode.FIXED:
+            self._record_fixed(m, wall_time, exhausted)
+            return
         n = self.config.steady_n
         # 1. a new maximum (while not steady) makes the first allocation obsolete
         if not self._steady:
@@ -1024,6 +1029,21 @@ class Category:
             lad.add(m[r], wall if wall > 0 else 1.0)
         if task_key is not None:
             self.forget(task_key)
+
+    def _record_fixed(self, m: list[int], wall_time: float, exhausted: bool) -> None:
+        """FIXED mode learns nothing: keep the maxima seen and the smoothed wall time only
+        (the scheduler's prefetching reads it)."""
+        seen, done = self._seen, self._done_max
+        for r in range(4):
+            if m[r] > seen[r]:
+                seen[r] = m[r]
+            if not exhausted and m[r] > done[r]:
+                done[r] = m[r]
+        if not exhausted:
+            wall = max(float(wall_time), 0.0)
+            self._wall_ema = wall if self._wall_ema is None else (
+                self._wall_ema + WALL_EMA_WEIGHT * (wall - self._wall_ema))
+            self._tasks += 1
 
     def _update_first(self) -> None:
         first: _Vals = [None, None, None, None]

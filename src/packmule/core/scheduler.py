@@ -22,12 +22,13 @@ import math
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from ..resources import ZERO, Resources, maximum
 from .categories import AllocationMode, Attempt, Category, CategoryConfig
 from .states import ALLOWED_TRANSITIONS, InvalidTransition, TaskState, Verdict
 from .waiting import ShapeQueue, WaitingTasks
-from .workers import PREFETCH_MAX, WorkerPool, WorkerRecord
+from .workers import PREFETCH_MAX, Need, Shape, WorkerPool, WorkerRecord
 
 __all__ = [
     "HISTORY_LIMIT",
@@ -72,7 +73,7 @@ MAX_EXHAUSTIONS = 10
 PREFETCH_WALL_TIME = 0.1
 
 #: One entry of a task's history: (time, from, to, why, arguments for why).
-_Entry = tuple[float, str, str, str, tuple[object, ...]]
+_Entry = tuple[float, TaskState, TaskState, str, tuple[object, ...]]
 
 
 @dataclass(slots=True, eq=False)
@@ -111,12 +112,11 @@ class TaskRecord:
         """Its transitions, oldest first (the last :data:`HISTORY_LIMIT`), as text."""
         out = [f"{self.submitted:.3f} submitted"]
         for now, start, end, why, args in self._history or ():
-            out.append(f"{now:.3f} {start}->{end} ({why % args if args else why})")
+            out.append(f"{now:.3f} {start.value}->{end.value} ({why % args if args else why})")
         return out[-HISTORY_LIMIT:]
 
 
-@dataclass(frozen=True, slots=True)
-class Assignment:
+class Assignment(NamedTuple):
     """Decision: run ``attempt`` of ``task_id`` on ``worker`` with ``allocation``."""
 
     task_id: int
@@ -153,13 +153,17 @@ class ManagerState:
         #: Waiting tasks whose own request fits no connected worker (``each`` queues).
         self._parked: list[TaskRecord] = []
         self._seq = itertools.count()
-        self._counts: Counter[TaskState] = Counter()
+        self._counts: dict[TaskState, int] = dict.fromkeys(TaskState, 0)
         self.notices: list[Unplaceable] = []
         #: Something happened since the last full pass that may let a task start.
         self.changed = False
-        #: Shapes (see :meth:`schedule`) that found no room in the last pass: they
-        #: can only find it on workers touched since (``pool.touched``).
-        self._no_room: set[tuple[object, ...]] = set()
+        #: Per category: whether its tasks are short (prefetchable), and a number that
+        #: changes when what its tasks ask for may have changed.
+        self._short: dict[str, bool] = {}
+        self._epochs: dict[str, int] = {}
+        #: Categories whose queues are to be looked at afresh in the next pass.
+        self._relearn: set[str] = set()
+        self._epoch = -1
 
     @property
     def workers(self) -> dict[str, WorkerRecord]:
@@ -173,7 +177,7 @@ class ManagerState:
         h = t._history
         if h is None:
             h = t._history = []
-        h.append((now, t.state.value, to.value, why, args))
+        h.append((now, t.state, to, why, args))
         if len(h) > HISTORY_LIMIT:
             del h[0]
         self._counts[t.state] -= 1
@@ -191,6 +195,9 @@ class ManagerState:
     def configure_category(self, name: str, config: CategoryConfig) -> None:
         """Set a category's allocation policy (before its tasks arrive, or it starts afresh)."""
         self.categories[name] = Category(name, config, seed=_seed(name))
+        self._short.pop(name, None)
+        self._epochs[name] = self._epochs.get(name, 0) + 1
+        self._relearn.add(name)
         self._unpark()
 
     def category(self, name: str) -> Category:
@@ -269,8 +276,9 @@ class ManagerState:
             return Verdict.STALE
         self._release(t)
         if measured is not None:
-            self.category(t.category).record(measured, wall_time, False, cores=cores,
-                                             task_key=t.id)
+            cat = self.category(t.category)
+            cat.record(measured, wall_time, False, cores=cores, task_key=t.id)
+            self._learned(cat)
         if success:
             self._move(t, TaskState.DONE, now, "succeeded")
             verdict = Verdict.DONE
@@ -342,6 +350,7 @@ class ManagerState:
         over_explicit = [r for r in cat.exceeds_explicit_limit(t.request, used) if r in exceeded]
         give_up = bool(over_explicit or (exceeded and at_most) or t.exhaustions > MAX_EXHAUSTIONS)
         cat.record(used, wall_time, True, cores=cores, task_key=t.id, gave_up=give_up)
+        self._learned(cat)
         what = ", ".join(exceeded)
         if give_up:
             self._move(t, TaskState.DONE, now, "exceeded %s", what)
@@ -425,10 +434,19 @@ class ManagerState:
 
     def _prefetchable(self, t: TaskRecord) -> bool:
         """Short tasks (by their category's record) on their first allocation."""
-        if not self.prefetch or t.label is not Attempt.FIRST:
-            return False
-        wall = self.category(t.category).typical_wall_time()
-        return wall is not None and wall < PREFETCH_WALL_TIME
+        return self.prefetch and t.label is Attempt.FIRST and self._short.get(t.category, False)
+
+    def _learned(self, cat: Category) -> None:
+        """A category recorded an attempt: what its queues ask for may have changed."""
+        wall = cat.typical_wall_time()
+        short = wall is not None and wall < PREFETCH_WALL_TIME
+        if cat.mode is not AllocationMode.FIXED or short != self._short.get(cat.name, False):
+            self._short[cat.name] = short
+            if short and self.prefetch:
+                self.pool.index_queues()  # prefetching may begin
+            self._epochs[cat.name] = self._epochs.get(cat.name, 0) + 1
+            self._relearn.add(cat.name)
+            self.changed = True
 
     def schedule(self, now: float, limit: int | None = None) -> list[Assignment]:
         """Assign waiting tasks to workers with room, highest priority first.
@@ -442,7 +460,9 @@ class ManagerState:
         busy worker instead, which starts it when room frees there.
 
         At most ``limit`` assignments (None: all that fit); :attr:`changed`
-        stays true when the pass stopped at the limit.
+        stays true when the pass stopped at the limit. A pass when nothing
+        changed since the last one returns at once; a shape that found no room
+        before is only looked for on the workers touched since.
         """
         out: list[Assignment] = []
         pool, waiting = self.pool, self.waiting
@@ -451,91 +471,105 @@ class ManagerState:
         self.changed = False
         if not pool.workers or not len(waiting) or not pool.open():
             return out
-        before = pool.take_touched()
-        no_room = self._no_room
+        near = pool.take_touched()
+        epoch = pool.epoch
+        if epoch != self._epoch:
+            self._epoch = epoch
+            waiting.forget_no_room()
+        elif self._relearn:
+            waiting.forget_no_room(self._relearn)
+        self._relearn.clear()
+        # Shapes that found no room may only fit on the workers touched since; with many
+        # touched, on any worker, but only if what they need fits what some worker has.
+        full = len(near) > TOUCHED_SCAN
+        room: list[Need | None] = [pool.most_free() if full else pool.room_among(near)]
+        extra = [] if room[0] is None else waiting.candidates(room[0])
+
+        def still(q: ShapeQueue) -> bool:
+            """Whether the touched workers may still have room for what ``q`` needs."""
+            free = room[0]
+            assert q.shape is not None
+            g, c, m, d = q.shape.need
+            return (free is not None and g <= free[0] and c <= free[1] and m <= free[2]
+                    and d <= free[3])
+
         commits = 0
         reserved: dict[str, float] = {}  # worker id -> the priority it is held for
         to_hold: list[tuple[float, str]] = []  # reservations not yet taken out of the indexes
         failed: set[tuple[object, ...]] = set()  # shapes with no room in this pass
-        aside: list[ShapeQueue] = []
-        shapes: dict[int, tuple[Resources, Resources, bool]] = {}
         lowest = waiting.lowest_priority()
         examined = 0
         try:
-            while (q := waiting.next_queue()) is not None:
+            for q, t in waiting.sweep(extra, still):
                 if limit is not None and len(out) >= limit:
-                    aside.append(q)
                     self.changed = True
                     break
-                t = waiting.head(q)
                 retrying = q.first == -math.inf
                 if not retrying:
                     # Workers held for higher priorities leave the indexes for the pass.
                     while to_hold and -to_hold[0][0] > q.priority:
                         pool.hold(heapq.heappop(to_hold)[1])
-                shape = None if q.each else shapes.get(q.id)
-                if shape is None:
-                    shape = (self.request_of(t), self.category(t.category).config.min,
-                             self._prefetchable(t))
-                    if not q.each:
-                        shapes[q.id] = shape
-                request, minimum, prefetchable = shape
-                key = (request, minimum, q.avoid, prefetchable, q.priority)
+                shape = self._shape(q, t, epoch)
+                prefetchable = self._prefetchable(t)
+                key = (shape.request, shape.minimum, q.avoid, prefetchable, q.priority)
                 placement = None
                 prefetched = False
                 if key not in failed:
                     allowed = _allowed(q.avoid, reserved if retrying else {}, q.priority)
-                    if key in no_room and len(before) + len(pool.touched) <= TOUCHED_SCAN:
-                        # It found no room last time: only touched workers may have some.
-                        near = before | pool.touched
-                        placement = pool.best_fit_among(near, request, minimum, allowed)
-                        if placement is None and prefetchable:
-                            placement = pool.prefetch_among(near, request, minimum, allowed)
-                            prefetched = placement is not None
+                    if q.no_room and not full:
+                        # It found no room before: only touched workers may have some now.
+                        placement = pool.best_fit_among(near, shape, allowed)
                     else:
-                        placement = pool.best_fit(request, minimum, allowed)
+                        examined += 1
+                        placement = pool.best_fit(shape, allowed)
                         if placement is None and prefetchable:
-                            placement = pool.prefetch_target(request, minimum, allowed)
+                            placement = pool.prefetch_target(shape, allowed)
                             prefetched = placement is not None
                 if placement is not None:
-                    waiting.take_head(q)
+                    waiting.take_head(q, t)
                     out.append(self._dispatch(t, *placement, prefetched, now))
                     commits += not prefetched
-                    waiting.put_back(q)
                     if not pool.open():
                         break
+                    if extra and not full:  # the touched workers have less room now
+                        near |= pool.touched
+                        room[0] = pool.room_among(near)
                     continue
                 failed.add(key)
-                examined += 1
-                n = 1
                 if q.each:
                     waiting.defer_head(q)
-                    waiting.put_back(q)
-                else:
-                    aside.append(q)
-                    n = q.waiting
-                if not pool.fits_somewhere(request, q.avoid):
-                    self._park(q, t, request)
+                if not pool.fits_somewhere(shape.request, q.avoid):
+                    self._park(q, t, shape.request)
                 elif lowest is not None and lowest < q.priority:
-                    self._reserve(request, q, min(n, RESERVE_DEPTH), reserved, to_hold)
+                    # It stays in the order: it reserves again in every pass.
+                    n = 1 if q.each else min(q.waiting, RESERVE_DEPTH)
+                    self._reserve(shape.request, q, n, reserved, to_hold)
+                elif not q.each and not prefetchable:  # a short one may find a prefetch queue
+                    waiting.stall(q)
                 if examined >= SCHEDULE_DEPTH:
                     break
         finally:
             pool.unhold_all()
             for wid in reserved:
                 pool.touch(wid)  # held in this pass only: look at it again next time
-            for q in aside:
-                if not q.parked:
-                    waiting.put_back(q)
-            waiting.restore_deferred()
-        # Shapes that failed here fail next time too, except on workers touched since;
-        # those touched in this pass stay touched. A task that runs gives its worker
-        # room in its prefetch queue, so prefetchable shapes are asked again then.
-        self._no_room = failed
+            waiting.end_pass()
+        # A task that runs gives its worker room in its prefetch queue, so prefetchable
+        # shapes that found none are asked again.
         if commits and any(k[3] for k in failed):
             self.changed = True
         self._check()
         return out
+
+    def _shape(self, q: ShapeQueue, t: TaskRecord, epoch: int) -> Shape:
+        """The shape the queue's tasks get now (remembered while what it depends on stays
+        the same: the category's learning and the workers' sizes)."""
+        if q.each:
+            return self.pool.shape(self.request_of(t), self.category(t.category).config.min)
+        stamp = (self._epochs.get(q.category, 0), epoch)
+        if q.shape is None or q.stamp != stamp:
+            q.shape = self.pool.shape(self.request_of(t), self.category(t.category).config.min)
+            q.stamp = stamp
+        return q.shape
 
     def _dispatch(self, t: TaskRecord, w: WorkerRecord, alloc: Resources, prefetched: bool,
                   now: float) -> Assignment:

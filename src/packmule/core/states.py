@@ -15,6 +15,10 @@ import enum
 class TaskState(enum.Enum):
     """Where a task is in its life, as the manager sees it."""
 
+    # Members are singletons: hash them by identity (Enum's own hash runs Python code,
+    # and the core looks states up on every decision).
+    __hash__ = object.__hash__
+
     WAITING = "waiting"
     """In the queue: waiting for a worker with room for its allocation."""
     RUNNING = "running"
@@ -41,6 +45,8 @@ ALLOWED_TRANSITIONS: frozenset[tuple[TaskState, TaskState]] = frozenset(
 class WorkerState(enum.Enum):
     """A worker connection's state, as the manager sees it."""
 
+    __hash__ = object.__hash__
+
     ACTIVE = "active"
     """Handshake done, heartbeats arriving: receives tasks."""
     LOST = "lost"
@@ -49,6 +55,8 @@ class WorkerState(enum.Enum):
 
 class Verdict(enum.Enum):
     """What the core decided about a task after an attempt ended."""
+
+    __hash__ = object.__hash__
 
     DONE = "done"
     """Succeeded: deliver the result."""
