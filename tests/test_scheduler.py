@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import random
+
 import pytest
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from packmule import Resources
+from packmule.core import workers as workers_module
 from packmule.core.allocation import box
 from packmule.core.categories import WALL_MIN_TASKS, AllocationMode, CategoryConfig
 from packmule.core.scheduler import MAX_REQUEUES, PREFETCH_WALL_TIME, ManagerState
@@ -476,3 +479,89 @@ def test_a_task_is_not_placed_again_on_a_worker_that_cannot_run_it() -> None:
     s.add_worker("w9", TWO, now=5)
     (c,) = s.schedule(now=6)
     assert c.worker == "w9"
+
+
+# ------------------------------------------------------------------ costs at scale
+BIG = Resources(16, 64_000, 64_000, 0)
+
+
+def full_cluster(workers: int, waiting: int) -> tuple[ManagerState, list[tuple[int, int]]]:
+    """``workers`` workers full of 2-core tasks, and ``waiting`` tasks of 3 or more cores
+    that found no room; returns the core and one running (task, attempt) per worker."""
+    s = ManagerState()
+    for i in range(workers):
+        s.add_worker(f"w{i}", BIG, now=0)
+    for i in range(workers * 8):
+        s.submit(i, Resources(cores=2, memory=8000, disk=8000), now=0)
+    placed = s.schedule(now=0)
+    assert len(placed) == workers * 8
+    base = workers * 8
+    for i in range(waiting):
+        s.submit(base + i, Resources(cores=3 + i % 6, memory=1000 * (1 + i % 7), disk=100),
+                 now=1)
+    assert s.schedule(now=1) == []
+    return s, list({a.worker: (a.task_id, a.attempt) for a in placed}.values())
+
+
+def test_a_pass_that_places_nothing_does_not_look_at_every_worker(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    s, running = full_cluster(2000, 5000)
+    looked: list[Resources] = []
+    real_box = workers_module.box
+    monkeypatch.setattr(workers_module, "box", lambda req, size: looked.append(size)
+                        or real_box(req, size))
+    counted = 0
+
+    def fits(a: Resources, free: Resources) -> bool:
+        nonlocal counted
+        counted += 1
+        return real_fits(a, free)
+
+    real_fits = workers_module._fits
+    monkeypatch.setattr(workers_module, "_fits", fits)
+    assert s.schedule(now=2) == []  # nothing happened: nothing is looked at
+    assert counted == 0 and not looked
+    for i, (tid, attempt) in enumerate(running[:3]):
+        # 2 cores free on one more worker: nothing fits. The first pass works out each
+        # of the 42 shapes once; after that, a pass looks at the one worker touched.
+        looked.clear()
+        counted = 0
+        s.complete(tid, attempt, True, now=2 + i)
+        assert s.schedule(now=2 + i) == []
+        assert len(looked) <= 2 * 42 and counted <= 42, (counted, len(looked))
+    assert counted == 0 and not looked, (counted, len(looked))
+
+
+def test_the_index_agrees_with_a_scan_with_many_workers() -> None:
+    """Hundreds of workers of one size: index levels split into blocks; after a random
+    stream of placements and completions the index still answers as a scan does."""
+    rng = random.Random(7)
+    s = ManagerState(validate=False)
+    sizes = [BIG, Resources(8, 32_000, 30_000, 1)]
+    for i in range(600):
+        s.add_worker(f"w{i}", sizes[i % 7 == 0], now=0)
+    running: list[tuple[int, int]] = []
+    tid = 0
+    for step in range(3000):
+        if running and rng.random() < 0.45:
+            t, attempt = running.pop(rng.randrange(len(running)))
+            s.complete(t, attempt, True, now=step)
+        else:
+            tid += 1
+            s.submit(tid, Resources(cores=rng.randint(1, 8), memory=rng.randint(1, 32) * 500,
+                                    disk=rng.randint(0, 32) * 500 or None), now=step)
+            running += [(a.task_id, a.attempt) for a in s.schedule(now=step)]
+        if step % 300 == 0:
+            s.check_invariants()
+            workers = list(s.pool.workers.values())
+            for _ in range(20):
+                req = Resources(cores=rng.randint(0, 9), memory=rng.randint(0, 40) * 500,
+                                disk=rng.choice([None, rng.randint(0, 40) * 500]))
+                shape = s.pool.shape(req)
+                got = s.pool.best_fit(shape)
+                key = None if got is None else (
+                    (got[0].free.cores or 0) - (got[1].cores or 0),
+                    (got[0].free.memory or 0) - (got[1].memory or 0), got[0].seq)
+                assert key == brute_best_fit(workers, req, Resources())
+    assert max(len(lv.blocks) for by_cores in s.pool._all._levels.values()
+               for lv in by_cores.values()) > 1, "no level grew to several blocks"

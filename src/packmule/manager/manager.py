@@ -33,12 +33,13 @@ from typing import Any
 
 from ..core.categories import STEADY_N, AllocationMode, CategoryConfig
 from ..envpack import Pack
-from ..errors import FileTransferError, SerializationError, TaskCancelled
+from ..errors import FileTransferError, ProtocolError, SerializationError, TaskCancelled
 from ..protocol.security import load_secret, write_new_password_file
 from ..resources import Resources
 from ..serialize import loads, loads_exception
 from ..task import CommandResult, Task
-from .loop import Config, ManagerStats
+from . import ipc
+from .ipc import ManagerStats
 from .packs import PackBuilder
 
 log = logging.getLogger("packmule.manager")
@@ -136,7 +137,7 @@ class Manager:
         )
         theirs.close()
         self._conn = Connection(ours.detach())
-        self._conn.send(Config(
+        self._conn.send(ipc.Config(
             host=host, port=port, secret=secret, run_dir=self.run_dir,
             heartbeat_interval=heartbeat_interval, lease=lease,
             shutdown_workers=shutdown_workers, validate=validate,
@@ -145,27 +146,29 @@ class Manager:
             forward_messages=message_sink is not None,
         ))
         started = self._first_reply()
-        if started[0] != "ready":
+        if isinstance(started, ipc.StartFailed):
             self._proc.wait()
             self._conn.close()
-            raise OSError(started[1], started[2])
-        self.port: int = started[1]
+            raise OSError(started.errno, started.message)
+        self.port: int = started.port
         #: Outcomes read while a future's callback waited for a reply (see _call).
-        self._backlog: collections.deque[tuple[Any, ...]] = collections.deque()
+        self._backlog: collections.deque[ipc.Message] = collections.deque()
         self._reader = threading.Thread(target=self._read_loop, name="packmule-results",
                                         daemon=True)
         self._reader.start()
         log.info("manager listening on %s:%d (run dir %s)", host, self.port, self.run_dir)
 
-    def _first_reply(self) -> tuple[Any, ...]:
-        """The loop's ``ready`` (or why it could not start); its log records are passed on."""
+    def _first_reply(self) -> ipc.Ready | ipc.StartFailed:
+        """The loop's ``Ready`` (or why it could not start); its log records are passed on."""
         try:
             while self._conn.poll(LOOP_TIMEOUT):
-                msg = self._conn.recv()
-                if msg[0] == "log":
-                    self._relog(*msg[1:])
+                msg = ipc.decode(self._conn.recv())
+                if isinstance(msg, ipc.Log):
+                    self._relog(msg)
+                elif isinstance(msg, ipc.Ready | ipc.StartFailed):
+                    return msg
                 else:
-                    return tuple(msg)
+                    raise ProtocolError(f"the loop sent {type(msg).__name__} before Ready")
             why = f"did not start within {LOOP_TIMEOUT:.0f} s"
         except (EOFError, OSError):
             why = "exited at start (its error is above)"
@@ -231,11 +234,11 @@ class Manager:
     def _queue(self, task: Task, payload: bytes) -> None:
         """Hand the task to the loop (or cancel it if the manager has shut down)."""
         assert task.id is not None
-        # Job's fields as a plain tuple: quicker to pickle than the dataclass.
-        job = (task.id, task.kind, payload, task.command, task.resources, task.category,
-               task.priority, task.max_retries, task.env, task.input_files,
-               task.output_files, task.timeout, task.pack, task.describe())
-        if not self._send("submit", job):
+        job = ipc.Submit(task.id, task.kind, payload, task.command, task.resources,
+                         task.category, task.priority, task.max_retries, task.env,
+                         task.input_files, task.output_files, task.timeout, task.pack,
+                         task.describe())
+        if not self._send(job):
             self._fail(task, TaskCancelled(
                 f"task {task.id} was submitted while the manager shut down", task.id))
 
@@ -252,7 +255,7 @@ class Manager:
 
     def _on_future_done(self, task_id: int, fut: Future[Any]) -> None:
         if fut.cancelled():
-            self._send("cancel", task_id)
+            self._send(ipc.Cancel(task_id))
             self._mark_finished(task_id)
 
     def cancel(self, task: Task | Future[Any]) -> bool:
@@ -330,7 +333,7 @@ class Manager:
             if self._packer is not None:
                 self._packer.close(wait=wait)  # tasks still waiting for packs are cancelled
         finally:
-            self._send("stop")
+            self._send(ipc.Stop())
         if wait and threading.current_thread() is not self._reader:
             self._reader.join()
 
@@ -341,11 +344,11 @@ class Manager:
         self.shutdown()
 
     # ================================================================ to and from the loop
-    def _send(self, *msg: Any) -> bool:
+    def _send(self, msg: ipc.Message) -> bool:
         """Send to the loop; False if it has stopped."""
         with self._send_lock:
             try:
-                self._conn.send(msg)
+                self._conn.send(ipc.encode(msg))
                 return True
             except (OSError, ValueError):
                 return False
@@ -357,15 +360,15 @@ class Manager:
             if self._closed or not self._reader.is_alive():
                 raise RuntimeError("the manager is not running")
             self._replies[call_id] = fut
-        if not self._send("call", call_id, name, args):
+        if not self._send(ipc.Call(call_id, name, args)):
             raise RuntimeError("the manager is not running")
         if threading.current_thread() is self._reader:
             # A future's callback asks: this thread must read the reply itself;
             # outcomes that come first wait in the backlog.
             deadline = time.monotonic() + LOOP_TIMEOUT
             while not fut.done() and self._conn.poll(max(0.0, deadline - time.monotonic())):
-                msg = self._conn.recv()
-                if msg[0] in ("done", "messages", "stopped"):
+                msg = ipc.decode(self._conn.recv())
+                if isinstance(msg, ipc.Done | ipc.Messages | ipc.Stopped):
                     self._backlog.append(msg)
                 else:
                     self._handle(msg)
@@ -375,27 +378,27 @@ class Manager:
                 raise TimeoutError(f"the manager's loop did not answer {name} in time")
         return fut.result(timeout=LOOP_TIMEOUT)
 
-    def _handle(self, msg: tuple[Any, ...]) -> bool:
+    def _handle(self, msg: ipc.Message) -> bool:
         """Act on one message from the loop; False once it has stopped."""
-        kind = msg[0]
-        if kind == "done":
-            self._done(*msg[1:])
-        elif kind == "messages":
-            self._deliver_messages(msg[1])
-        elif kind == "reply":
-            _, call_id, ok, value = msg
+        if isinstance(msg, ipc.Done):
+            self._done(msg)
+        elif isinstance(msg, ipc.Messages):
+            self._deliver_messages(msg.messages)
+        elif isinstance(msg, ipc.Reply):
             with self._replies_lock:
-                fut = self._replies.pop(call_id)
-            if ok:
-                fut.set_result(value)
+                fut = self._replies.pop(msg.call_id)
+            if msg.ok:
+                fut.set_result(msg.value)
             else:
-                fut.set_exception(value)
-        elif kind == "largest":
-            self.largest_worker = msg[1]
-        elif kind == "log":
-            self._relog(*msg[1:])
-        elif kind == "stopped":
+                fut.set_exception(msg.value)
+        elif isinstance(msg, ipc.Largest):
+            self.largest_worker = msg.resources
+        elif isinstance(msg, ipc.Log):
+            self._relog(msg)
+        elif isinstance(msg, ipc.Stopped):
             return False
+        else:
+            raise ProtocolError(f"the loop sent the Manager a {type(msg).__name__}")
         return True
 
     def _read_loop(self) -> None:
@@ -403,12 +406,14 @@ class Manager:
         messages, replies and log records from the loop."""
         try:
             while True:
-                msg = self._backlog.popleft() if self._backlog else self._conn.recv()
+                msg = (self._backlog.popleft() if self._backlog
+                       else ipc.decode(self._conn.recv()))
                 try:
                     if not self._handle(msg):
                         break
                 except Exception:  # one bad message must not take the others with it
-                    log.exception("packmule could not handle a %r message from its loop", msg[0])
+                    log.exception("packmule could not handle a %s message from its loop",
+                                  type(msg).__name__)
         except (EOFError, OSError):
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self._proc.wait(timeout=5)
@@ -433,8 +438,9 @@ class Manager:
         for task in left:
             self._fail(task, TaskCancelled(f"task {task.id} did not finish: {self._end}", task.id))
 
-    def _done(self, tid: int, ok: bool, kind: str, data: Any, attrs: dict[str, Any]) -> None:
+    def _done(self, done: ipc.Done) -> None:
         """A task finished: fill in the Task, then resolve its future."""
+        tid, ok, kind, data, attrs = done
         with self._unfinished_cv:
             task = self._unfinished.get(tid)
         if task is None or task.future is None:
@@ -480,8 +486,8 @@ class Manager:
                 log.exception("delivering monitoring messages failed")
 
     @staticmethod
-    def _relog(level: int, name: str, message: str) -> None:
-        logging.getLogger(name).log(level, "%s", message)
+    def _relog(record: ipc.Log) -> None:
+        logging.getLogger(record.logger).log(record.level, "%s", record.message)
 
     def _mark_finished(self, tid: int) -> None:
         with self._unfinished_cv:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import errno
 import logging
 import mmap
 import os
@@ -33,6 +34,7 @@ from ..envpack.unpack import default_cache_root
 from ..errors import ProtocolError
 from ..protocol import messages as m
 from ..protocol.security import derive_keys
+from ..protocol.sockets import HANDSHAKE_FAILED, client_socket, drain_events
 from ..resources import Resources
 from .monitor import DISK_INTERVAL, MB, CgroupRoot, MemoryCgroup, TreeSampler, tree_size
 from .packs import PackCache, Unpacked
@@ -58,6 +60,10 @@ MAX_BACKOFF = 60.0
 #: rather than libzmq's default 0.1-0.2 s, so that workers waiting for a manager
 #: that restarts come back spread over a second and a half, not a fifth of one.
 RECONNECT_INTERVAL = 1.0
+#: Failed encrypted handshakes in a row after which the password is taken to be wrong
+#: (a wrong one fails every time; a manager busy with thousands of connecting workers
+#: may drop one now and then). A refusal by the manager's authenticator counts at once.
+AUTH_FAILURES = 3
 #: Default idle timeout and connect timeout (seconds), as Work Queue's.
 IDLE_TIMEOUT = 900.0
 CONNECT_TIMEOUT = 900.0
@@ -343,19 +349,10 @@ class Worker:
         self.workspace.mkdir(mode=0o700, exist_ok=True)  # task data: owner only
         (self.workspace / "cache").mkdir(exist_ok=True)
         ctx = zmq.Context()
-        sock = ctx.socket(zmq.DEALER)
-        sock.curve_serverkey = self.keys.server_public
-        sock.curve_publickey = self.keys.client_public
-        sock.curve_secretkey = self.keys.client_secret
-        sock.linger = 1000
-        sock.reconnect_ivl = int(RECONNECT_INTERVAL * 1000)
-        sock.sndhwm = 0
-        sock.rcvhwm = 0
-        sock.routing_id = os.urandom(16)
-        monitor = sock.get_monitor_socket(
-            zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
-            | zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_DISCONNECTED
-        )
+        sock = client_socket(ctx, self.keys, os.urandom(16), RECONNECT_INTERVAL)
+        monitor = sock.get_monitor_socket(HANDSHAKE_FAILED | zmq.EVENT_HANDSHAKE_SUCCEEDED
+                                          | zmq.EVENT_DISCONNECTED)
+        self._handshake_failures = 0
         sock.connect(f"tcp://{self.host}:{self.port}")
         self.sock, self.monitor = sock, monitor
         self.free = self.size
@@ -515,14 +512,16 @@ class Worker:
                 self._send(m.WorkerHeartbeat(len(self.running)))
 
     def _monitor_events(self) -> None:
-        while True:
-            try:
-                frames = self.monitor.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
-                return
-            event = int.from_bytes(frames[0][:2], "little")
-            if event & (zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
-                        | zmq.EVENT_HANDSHAKE_FAILED_AUTH):
+        for event, value in drain_events(self.monitor):
+            if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                self._handshake_failures = 0
+            elif event & HANDSHAKE_FAILED and not (event == zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+                                                   and value == errno.EAGAIN):
+                # (A handshake that timed out is a busy manager, not a wrong password.)
+                self._handshake_failures += 1
+                if (event != zmq.EVENT_HANDSHAKE_FAILED_AUTH
+                        and self._handshake_failures < AUTH_FAILURES):
+                    continue  # the manager may have dropped it while busy: try again
                 msg = (
                     f"authentication with the manager at {self.host}:{self.port} failed: this "
                     "worker's password differs from the manager's. Use the manager's password "
@@ -531,7 +530,7 @@ class Worker:
                 log.error("%s", msg)
                 print(f"packmule worker: {msg}", file=sys.stderr)
                 raise _SessionEnd(ExitCode.AUTH_FAILED, "authentication failed")
-            if event == zmq.EVENT_DISCONNECTED and self.welcomed:
+            elif event == zmq.EVENT_DISCONNECTED and self.welcomed:
                 raise _SessionEnd(None, "connection to the manager closed")
 
     # ------------------------------------------------------------ tasks

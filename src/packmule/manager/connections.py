@@ -1,0 +1,268 @@
+"""The manager's side of the worker connections: the encrypted socket, who is
+connected, authentication (ZAP), heartbeats spread over time, and noticing
+closed connections.
+
+It moves bytes and says what happened; what a worker's messages mean is
+the loop's business (:mod:`packmule.manager.loop`).
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import errno
+import logging
+import math
+import resource
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import zmq
+import zmq.utils.z85
+
+from ..protocol import messages as m
+from ..protocol.security import derive_keys
+from ..protocol.sockets import HANDSHAKE_FAILED, drain_events, server_socket
+from ..resources import Resources
+
+log = logging.getLogger("packmule.manager")
+
+#: Heartbeats go out in this many slices per interval: each worker still gets one
+#: per interval, but thousands of workers never get theirs in one burst.
+HEARTBEAT_SLICES = 10
+#: Delays after a connection closed at which every worker is probed (a send to a
+#: gone worker fails at once, so its tasks are requeued without waiting for the
+#: lease). Closes close together share their probes.
+PROBE_DELAYS = (0.02, 0.2, 1.0)
+#: Probes sent per loop turn at most: a sweep of thousands of workers is spread
+#: over turns, so that results and heartbeats are read in between.
+PROBE_CHUNK = 2000
+#: Messages read from the socket per loop turn at most (then the rest of the turn
+#: runs, and the next turn reads on).
+RECEIVE_CHUNK = 1000
+#: File descriptors the loop keeps for itself beyond one per worker connection.
+RESERVED_FDS = 64
+
+
+@dataclass
+class WorkerConn:
+    """A connected worker, as the connection layer knows it."""
+
+    identity: bytes
+    hostname: str
+    pid: int
+    resources: Resources
+
+
+def raise_open_files_limit() -> tuple[int, int]:
+    """Raise this process's open-files soft limit to its hard limit; (soft, hard) now."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)
+
+
+class Connections:
+    """The ROUTER socket and the workers connected through it."""
+
+    def __init__(self, secret: bytes, host: str, port: int, heartbeat_interval: float) -> None:
+        self.heartbeat_interval = heartbeat_interval
+        self.fd_limit = raise_open_files_limit()[0]
+        self.workers: dict[str, WorkerConn] = {}
+        keys = derive_keys(secret)
+        self._client_key = zmq.utils.z85.decode(keys.client_public)
+        self._handshake_failures = 0
+        self._accept_failures = 0
+        self._monitoring = True
+        self._ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+        self.zap = self._ctx.socket(zmq.REP)
+        self.zap.bind("inproc://zeromq.zap.01")
+        self.router = server_socket(self._ctx, keys, b"packmule")
+        self.monitor = self.router.get_monitor_socket(
+            zmq.EVENT_DISCONNECTED | zmq.EVENT_ACCEPT_FAILED | HANDSHAKE_FAILED)
+        try:
+            if port:
+                self.router.bind(f"tcp://{host}:{port}")
+                self.port = port
+            else:
+                self.port = self.router.bind_to_random_port(f"tcp://{host}")
+        except (zmq.ZMQError, zmq.ZMQBindError) as exc:
+            self.close()
+            why = getattr(exc, "strerror", None) or exc
+            raise OSError(
+                getattr(exc, "errno", None) or errno.EADDRINUSE,
+                f"packmule manager cannot listen on {host}:{port}: {why}. "
+                "Choose another port, or port=0 for any free one.",
+            ) from None
+        # Heartbeats: the workers in turn, a slice per tick.
+        self._ring: collections.deque[str] = collections.deque()
+        self._beat_credit = 0.0
+        self.next_beat = 0.0
+        # Probes after closed connections: when the next sweeps start, and who is left
+        # to probe in the current one.
+        self._probe_times: list[float] = []
+        self._probing: collections.deque[str] = collections.deque()
+
+    # ---------------------------------------------------------------- who is connected
+    def add(self, wid: str, conn: WorkerConn) -> None:
+        self.workers[wid] = conn
+        self._ring.append(wid)
+        if len(self.workers) + RESERVED_FDS == self.fd_limit:
+            log.warning("%d workers connected: near the open-files limit of %d, beyond which "
+                        "no more can connect; raise it (ulimit -n) for a larger cluster",
+                        len(self.workers), self.fd_limit)
+
+    def remove(self, wid: str) -> WorkerConn | None:
+        return self.workers.pop(wid, None)  # its ring entry is skipped when reached
+
+    # ---------------------------------------------------------------- sending
+    def send(self, wid: str, msg: m.Message) -> bool:
+        """Send to a connected worker; False if it is not connected (any more)."""
+        conn = self.workers.get(wid)
+        return conn is not None and self.send_frames(conn.identity, [m.encode(msg)])
+
+    def send_frames(self, identity: bytes, frames: list[bytes | memoryview],
+                    copy: bool = True) -> bool:
+        """False when the peer is gone (the caller loses it)."""
+        try:
+            self.router.send_multipart([identity, *frames], copy=copy)
+        except zmq.ZMQError as exc:
+            if exc.errno == errno.EHOSTUNREACH:
+                return False
+            raise
+        return True
+
+    def reject(self, identity: bytes, reason: str) -> None:
+        """Tell a peer it is refused (best effort)."""
+        with contextlib.suppress(zmq.ZMQError):
+            self.router.send_multipart([identity, m.encode(m.Reject(reason))])
+
+    # ---------------------------------------------------------------- receiving
+    def receive(self) -> tuple[list[tuple[bytes, list[zmq.Frame]]], bool]:
+        """Up to :data:`RECEIVE_CHUNK` messages as (identity, frames), and whether the
+        socket was drained (nothing more waiting)."""
+        out: list[tuple[bytes, list[zmq.Frame]]] = []
+        for _ in range(RECEIVE_CHUNK):
+            try:
+                frames = self.router.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return out, True
+            out.append((frames[0].bytes, frames[1:]))
+        return out, False
+
+    def answer_zap(self) -> None:
+        """ZAP: admit only CURVE clients holding the key derived from the shared secret
+        (every request waiting; thousands arrive at once when workers reconnect)."""
+        while True:
+            try:
+                frames = self.zap.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            version, request_id = frames[0], frames[1]
+            mechanism = frames[5] if len(frames) > 5 else b""
+            key = frames[6] if len(frames) > 6 else b""
+            ok = mechanism == b"CURVE" and key == self._client_key
+            status = (b"200", b"OK") if ok else (b"400", b"wrong key: the password differs")
+            self.zap.send_multipart([version, request_id, status[0], status[1], b"", b""])
+            if not ok:
+                self._handshake_failures += 1
+                if self._handshake_failures == 1:
+                    log.error("refused a worker whose key does not match this manager's "
+                              "password")
+
+    def events(self, now: float) -> None:
+        """Act on the monitor's events: closed connections start probe sweeps; failed
+        handshakes and accepts are said once each."""
+        closed = False
+        for event, value in drain_events(self.monitor):
+            if event == zmq.EVENT_DISCONNECTED:
+                closed = True
+            elif event == zmq.EVENT_ACCEPT_FAILED:
+                self._accept_failures += 1
+                if value in (errno.EMFILE, errno.ENFILE) and self._accept_failures == 1:
+                    log.error(
+                        "cannot accept more workers: out of file descriptors with %d "
+                        "connected (open-files limit %d). The manager keeps serving them; "
+                        "raise the limit (ulimit -n, or the hard limit in "
+                        "/etc/security/limits.conf) to connect more. (Logged once.)",
+                        len(self.workers), self.fd_limit)
+                elif self._accept_failures == 1:
+                    log.error("cannot accept a connection: %s (logged once)",
+                              errno.errorcode.get(value, value))
+            elif event & HANDSHAKE_FAILED:
+                self._handshake_failures += 1
+                if self._handshake_failures == 1:
+                    log.error(
+                        "a peer failed the encrypted handshake on port %d: most likely a "
+                        "worker with the wrong password (or one that timed out while the "
+                        "manager was busy). Give workers this manager's password file "
+                        "(--password-file) or $PACKMULE_PASSWORD. (Logged once.)", self.port)
+        if closed:
+            self._plan_probes(now)
+
+    # ---------------------------------------------------------------- liveness
+    def _plan_probes(self, now: float) -> None:
+        for delay in PROBE_DELAYS:
+            at = now + delay
+            if not any(abs(t - at) < delay / 2 for t in self._probe_times):
+                self._probe_times.append(at)
+        self._probe_times.sort()
+
+    def wake_at(self) -> float:
+        """When :meth:`tick` has work next."""
+        soon = [self.next_beat]
+        if self._probing:
+            soon.append(0.0)
+        elif self._probe_times:
+            soon.append(self._probe_times[0])
+        return min(soon)
+
+    def tick(self, now: float) -> Iterator[str]:
+        """Send the heartbeats and probes that are due; yields the workers found gone."""
+        if now >= self.next_beat:
+            interval = self.heartbeat_interval
+            self.next_beat = now + interval / HEARTBEAT_SLICES
+            self._beat_credit += len(self.workers) / HEARTBEAT_SLICES
+            beat = m.encode(m.ManagerHeartbeat())
+            for _ in range(min(math.floor(self._beat_credit), len(self._ring))):
+                wid = self._ring.popleft()
+                conn = self.workers.get(wid)
+                if conn is None:
+                    continue  # gone since: dropped from the ring
+                self._ring.append(wid)
+                self._beat_credit -= 1
+                if not self.send_frames(conn.identity, [beat]):
+                    yield wid
+            self._beat_credit = min(self._beat_credit, float(len(self.workers)))
+        if not self._probing and self._probe_times and now >= self._probe_times[0]:
+            self._probe_times.pop(0)
+            self._probing.extend(self.workers)
+        if self._probing:
+            beat = m.encode(m.ManagerHeartbeat())
+            for _ in range(min(PROBE_CHUNK, len(self._probing))):
+                wid = self._probing.popleft()
+                conn = self.workers.get(wid)
+                if conn is not None and not self.send_frames(conn.identity, [beat]):
+                    yield wid
+
+    # ---------------------------------------------------------------- closing
+    def stop_monitoring(self) -> None:
+        """No more monitor events: drained, then switched off (before telling thousands
+        of workers to exit, whose closing connections would fill the monitor's pipe)."""
+        if self._monitoring:
+            self._monitoring = False
+            with contextlib.suppress(zmq.ZMQError):
+                for _ in drain_events(self.monitor):
+                    pass
+                self.router.disable_monitor()
+
+    def close(self, linger: float = 0.0) -> None:
+        """Close in an order that cannot hang: the monitor first, then the socket, giving
+        messages already sent ``linger`` seconds to leave."""
+        self.stop_monitoring()
+        self.monitor.close(linger=0)
+        self.zap.close(linger=0)
+        self.router.close(linger=int(linger * 1000))
+        self._ctx.term()

@@ -1,0 +1,246 @@
+"""The channel between the :class:`~packmule.manager.Manager` (in the user's
+process) and its loop process: one typed message per job, command and outcome.
+
+Both processes are the same program, started by the Manager, so messages
+are pickled; each crosses as a plain tuple ``(tag, field, ...)``, which
+pickles about twice as fast as the named tuple itself. A message of an
+unknown tag or the wrong shape is a :class:`~packmule.errors.ProtocolError`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import pickle
+import socket
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from ..core.categories import CategoryConfig
+from ..envpack import Pack
+from ..errors import ProtocolError
+from ..resources import Resources
+from ..task import File
+
+
+@dataclass(frozen=True)
+class Config:
+    """The loop's settings, sent by the Manager as the first message."""
+
+    host: str
+    port: int
+    secret: bytes
+    run_dir: Path
+    heartbeat_interval: float
+    lease: float
+    shutdown_workers: bool
+    validate: bool
+    default_category: CategoryConfig | None
+    prefetch: bool
+    log_level: int
+    forward_messages: bool
+
+
+@dataclass(frozen=True)
+class ManagerStats:
+    """A snapshot of the manager.
+
+    ``tasks`` counts unfinished tasks by state (waiting, running); finished ones
+    are counted in ``tasks_succeeded``, ``tasks_failed`` and ``tasks_cancelled``.
+    """
+
+    workers: int
+    tasks: dict[str, int]
+    committed: Resources
+    total: Resources
+    workers_joined: int
+    workers_lost: int
+    tasks_submitted: int
+    tasks_succeeded: int
+    tasks_failed: int
+    tasks_cancelled: int
+    files_sent: int
+    #: Attempts sent to a busy worker ahead of time (see ``prefetch``).
+    tasks_prefetched: int
+    #: Environment packs sent to workers (a worker that has one cached is not sent it).
+    packs_sent: int
+
+
+# ---------------------------------------------------------------- Manager -> loop
+class Submit(NamedTuple):
+    """A task joins the queue: what the loop needs to dispatch it and report how it ended."""
+
+    id: int
+    kind: str  # "python" or "shell"
+    payload: bytes
+    command: str
+    resources: Resources
+    category: str
+    priority: float
+    max_retries: int | None
+    env: dict[str, str]
+    input_files: tuple[File, ...]
+    output_files: tuple[File, ...]
+    timeout: float
+    pack: Pack | None
+    label: str  # for log messages: the function's name, or the command
+
+
+class Cancel(NamedTuple):
+    task_id: int
+
+
+class Call(NamedTuple):
+    """A question whose answer comes back as a :class:`Reply` with the same ``call_id``."""
+
+    call_id: int
+    name: str  # one of CALLS
+    args: tuple[Any, ...]
+
+
+class Stop(NamedTuple):
+    """Shut down: workers are told to exit (if so configured), unfinished tasks fail."""
+
+
+#: The questions a :class:`Call` may ask.
+CALLS = frozenset({"stats", "category_stats", "configure_category"})
+
+
+# ---------------------------------------------------------------- loop -> Manager
+class Ready(NamedTuple):
+    port: int
+
+
+class StartFailed(NamedTuple):
+    errno: int
+    message: str
+
+
+class Log(NamedTuple):
+    """A log record of the loop's, to be logged in the user's process."""
+
+    level: int
+    logger: str
+    message: str
+
+
+class Done(NamedTuple):
+    """A task finished. ``kind``: "python" or "shell" (``data`` the result), "exception"
+    (``data`` the pickled exception the user's code raised), or "error" (``data`` the
+    packmule error). ``attrs`` are set on the Task (worker, measured, ...)."""
+
+    task_id: int
+    ok: bool
+    kind: str
+    data: Any
+    attrs: dict[str, Any]
+
+
+class Messages(NamedTuple):
+    """Monitoring messages that tasks left for the Manager's message sink."""
+
+    messages: list[bytes]
+
+
+class Reply(NamedTuple):
+    call_id: int
+    ok: bool
+    value: Any
+
+
+class Largest(NamedTuple):
+    """The largest connected worker changed (element-wise)."""
+
+    resources: Resources
+
+
+class Stopped(NamedTuple):
+    """The loop has shut down; nothing follows."""
+
+
+Message = (Submit | Cancel | Call | Stop | Ready | StartFailed | Log | Done | Messages | Reply
+           | Largest | Stopped)
+
+_TYPES: tuple[type[Any], ...] = (Submit, Cancel, Call, Stop, Ready, StartFailed, Log, Done,
+                                 Messages, Reply, Largest, Stopped)
+_TAGS: dict[type[Any], int] = {cls: i for i, cls in enumerate(_TYPES)}
+
+
+def encode(msg: Message) -> tuple[Any, ...]:
+    """The message as it crosses: ``(tag, field, ...)``."""
+    return (_TAGS[type(msg)], *msg)
+
+
+def decode(raw: object) -> Message:
+    """A message from its crossing form; anything else raises :class:`ProtocolError`."""
+    if not isinstance(raw, tuple) or not raw or not isinstance(raw[0], int):
+        raise ProtocolError(f"malformed message between the Manager and its loop: {raw!r:.200}")
+    tag = raw[0]
+    if not 0 <= tag < len(_TYPES):
+        raise ProtocolError(f"unknown message tag {tag} between the Manager and its loop")
+    cls = _TYPES[tag]
+    if len(raw) - 1 != len(cls._fields):
+        raise ProtocolError(f"malformed {cls.__name__} message: {len(raw) - 1} fields, "
+                            f"{len(cls._fields)} expected")
+    msg: Message = cls(*raw[1:])
+    return msg
+
+
+class Outbox:
+    """Messages to the Manager, framed as ``Connection.send`` frames them, and
+    written without ever blocking the loop: a Manager thread may be sending to
+    the loop at that very moment (a future's callback submitting a task), and
+    the loop must go on reading, and heartbeating workers, meanwhile."""
+
+    def __init__(self, fd: int) -> None:
+        self._sock = socket.socket(fileno=os.dup(fd))
+        self._buf = bytearray()
+        self.broken = False  # the Manager's process is gone
+
+    def put(self, msg: Message) -> None:
+        try:
+            data = pickle.dumps(encode(msg), protocol=pickle.HIGHEST_PROTOCOL)
+        except Exception as exc:  # say so rather than lose the message silently
+            data = pickle.dumps(encode(Log(logging.ERROR, "packmule.manager",
+                                           f"a message to the Manager could not be pickled: "
+                                           f"{exc}")))
+        self._buf += struct.pack("!i", len(data))
+        self._buf += data
+        self.flush()
+
+    def flush(self) -> None:
+        while self._buf and not self.broken:
+            try:
+                n = self._sock.send(self._buf, socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                return
+            except OSError:
+                self.broken = True
+                return
+            del self._buf[:n]
+
+    @property
+    def pending(self) -> bool:
+        return bool(self._buf) and not self.broken
+
+    def close(self, timeout: float) -> None:
+        """Deliver what is left (waiting at most ``timeout`` seconds), then close."""
+        with contextlib.suppress(OSError):
+            self._sock.settimeout(timeout)
+            if self._buf and not self.broken:
+                self._sock.sendall(self._buf)
+        self._sock.close()
+
+
+class ForwardLogs(logging.Handler):
+    """Log records go to the Manager's process, to be logged there."""
+
+    def __init__(self, outbox: Outbox) -> None:
+        super().__init__()
+        self.outbox = outbox
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.outbox.put(Log(record.levelno, record.name, self.format(record)))
