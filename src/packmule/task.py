@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 from .resources import Resources
@@ -61,6 +62,10 @@ def _coerce_files(files: Iterable[File | str]) -> tuple[File, ...]:
     return out
 
 
+#: No environment variables (shared: a task's own ``env`` is a dict only when given).
+_NO_ENV: Mapping[str, str] = MappingProxyType({})
+
+
 class Task:
     """A shell command run in its own sandbox on a worker.
 
@@ -74,6 +79,33 @@ class Task:
     """
 
     kind = "shell"
+
+    # Filled in by the manager. Until then these class-level values stand in: a queued
+    # task holds only what it was given (a million of them are queued at times).
+    id: int | None = None
+    future: Future[Any] | None = None
+    attempts = 0
+    worker: str | None = None
+    hostname: str | None = None
+    allocation: Resources | None = None
+    gpu_ids: Sequence[str] = ()
+    exit_code: int | None = None
+    stdout = ""
+    stderr = ""
+    wall_time = 0.0
+    #: What the worker measured of the last attempt: memory and disk (MB, peak),
+    #: cores (peak) and cores_avg, wall_time and cpu_time (s), bytes_read/written.
+    measured: Mapping[str, float] = MappingProxyType({})
+    submit_time = 0.0
+    start_time = 0.0
+    finish_time = 0.0
+    #: Run inside an environment pack built from what these functions import
+    #: (PythonTask with ``pack=True``), plus ``extra_pkgs``.
+    pack_functions: tuple[Callable[..., Any], ...] = ()
+    extra_pkgs: tuple[str, ...] = ()
+    #: The pack it runs in, once built (set by the manager).
+    pack: Pack | None = None
+    tag: str | None = None
 
     def __init__(
         self,
@@ -120,37 +152,15 @@ class Task:
                 f"max_retries must be a whole number >= 0 or None (no limit), got {max_retries!r}"
             )
         self.max_retries = max_retries
-        self.env = {str(k): str(v) for k, v in (env or {}).items()}
+        self.env: Mapping[str, str] = (
+            {str(k): str(v) for k, v in env.items()} if env else _NO_ENV)
         self.input_files = _coerce_files(input_files)
         self.output_files = _coerce_files(output_files)
         if timeout is not None and (not isinstance(timeout, (int, float)) or timeout <= 0):
             raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
         self.timeout = float(timeout) if timeout else 0.0
-        self.tag = tag
-        # Filled in by the manager.
-        self.id: int | None = None
-        self.future: Future[Any] | None = None
-        self.attempts = 0
-        self.worker: str | None = None
-        self.hostname: str | None = None
-        self.allocation: Resources | None = None
-        self.gpu_ids: list[str] = []
-        self.exit_code: int | None = None
-        self.stdout = ""
-        self.stderr = ""
-        self.wall_time = 0.0
-        #: What the worker measured of the last attempt: memory and disk (MB, peak),
-        #: cores (peak) and cores_avg, wall_time and cpu_time (s), bytes_read/written.
-        self.measured: dict[str, float] = {}
-        self.submit_time = 0.0
-        self.start_time = 0.0
-        self.finish_time = 0.0
-        #: Run inside an environment pack built from what these functions import
-        #: (PythonTask with ``pack=True``), plus ``extra_pkgs``.
-        self.pack_functions: tuple[Callable[..., Any], ...] = ()
-        self.extra_pkgs: tuple[str, ...] = ()
-        #: The pack it runs in, once built (set by the manager).
-        self.pack: Pack | None = None
+        if tag is not None:
+            self.tag = tag
 
     def payload(self) -> bytes:
         """The bytes sent to the worker besides the command (none for shell tasks)."""

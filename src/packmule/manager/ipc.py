@@ -81,7 +81,7 @@ class Submit(NamedTuple):
     category: str
     priority: float
     max_retries: int | None
-    env: dict[str, str]
+    env: dict[str, str] | None  # None: none
     input_files: tuple[File, ...]
     output_files: tuple[File, ...]
     timeout: float

@@ -63,6 +63,11 @@ STOP_GRACE = 0.2
 STOP_LINGER = 2.0
 #: Joins and losses logged one by one per second at most; beyond, one line says how many.
 EVENTS_LOGGED_PER_S = 10
+#: Distinct requests, priorities and time limits shared between jobs, at most (then the
+#: sharing starts afresh: a stream of all-different requests must not grow it forever).
+SHARED_MAX = 10_000
+#: The environment of tasks that set none (shared, never changed).
+_NO_ENV: dict[str, str] = {}
 
 
 class _Tally:
@@ -114,6 +119,8 @@ class Loop:
         self._attrs: dict[int, dict[str, Any]] = {}
         #: Tasks cancelled before their job arrived (it was still in the pack builder).
         self._cancelled_early: set[int] = set()
+        #: One copy of each request, priority and time limit that jobs have in common.
+        self._shared: dict[Any, Any] = {}
         self._counters = collections.Counter[str]()
         self._largest = ZERO  # as last told to the Manager
         self._tally = _Tally()
@@ -199,6 +206,16 @@ class Loop:
             self._cancelled_early.discard(job.id)
             self._counters["tasks_cancelled"] += 1
             return
+        # Tasks of one kind share one copy of what they have in common (a million may wait).
+        same = self._shared
+        if len(same) > SHARED_MAX:
+            same.clear()
+        job = job._replace(
+            kind=sys.intern(job.kind), category=sys.intern(job.category),
+            label=sys.intern(job.label),
+            resources=same.setdefault(job.resources, job.resources),
+            priority=same.setdefault(("priority", job.priority), job.priority),
+            timeout=same.setdefault(("timeout", job.timeout), job.timeout))
         self._jobs[job.id] = job
         self.core.submit(job.id, job.resources, now, job.priority, job.max_retries,
                          job.category)
@@ -550,7 +567,7 @@ class Loop:
             command=job.command,
             allocation={"cores": alloc.cores or 0, "memory": alloc.memory or 0,
                         "disk": alloc.disk or 0, "gpus": alloc.gpus or 0},
-            env=job.env,
+            env=job.env or _NO_ENV,
             inputs=inputs,
             outputs=[f.sandbox_name for f in job.output_files],
             timeout=job.timeout,

@@ -14,7 +14,6 @@ from __future__ import annotations
 import collections
 import contextlib
 import errno
-import functools
 import itertools
 import logging
 import os
@@ -39,6 +38,7 @@ from ..resources import Resources
 from ..serialize import loads, loads_exception
 from ..task import CommandResult, Task
 from . import ipc
+from .future import TaskFuture
 from .ipc import ManagerStats
 from .packs import PackBuilder
 
@@ -202,8 +202,8 @@ class Manager:
             )
         if task.future is not None:
             raise ValueError(f"{task!r} was already submitted; create a new task")
-        fut: Future[Any] = Future()
         task.id = next(self._ids)
+        fut = TaskFuture(self, task.id)
         task.future = fut
         task.submit_time = time.time()
         try:
@@ -222,7 +222,6 @@ class Manager:
             raise RuntimeError("the manager has been shut down; create a new Manager")
         with self._unfinished_cv:
             self._unfinished[task.id] = task
-        fut.add_done_callback(functools.partial(self._on_future_done, task.id))
         if task.pack_functions:
             if self._packer is None:
                 self._packer = PackBuilder(self.pack_cache, self._pack_ready, self._pack_failed)
@@ -235,7 +234,8 @@ class Manager:
         """Hand the task to the loop (or cancel it if the manager has shut down)."""
         assert task.id is not None
         job = ipc.Submit(task.id, task.kind, payload, task.command, task.resources,
-                         task.category, task.priority, task.max_retries, task.env,
+                         task.category, task.priority, task.max_retries,
+                         dict(task.env) if task.env else None,
                          task.input_files, task.output_files, task.timeout, task.pack,
                          task.describe())
         if not self._send(job):
@@ -253,10 +253,10 @@ class Manager:
         """(Pack thread) the task's pack cannot be built: the task fails with why."""
         self._fail(task, exc)
 
-    def _on_future_done(self, task_id: int, fut: Future[Any]) -> None:
-        if fut.cancelled():
-            self._send(ipc.Cancel(task_id))
-            self._mark_finished(task_id)
+    def _future_cancelled(self, task_id: int) -> None:
+        """(Any thread) a task's future was cancelled: the loop drops or kills it."""
+        self._send(ipc.Cancel(task_id))
+        self._mark_finished(task_id)
 
     def cancel(self, task: Task | Future[Any]) -> bool:
         """Cancel a task (waiting or running). Returns False if it had already finished."""
