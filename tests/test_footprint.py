@@ -43,6 +43,12 @@ def test_a_runner_imports_only_what_it_needs_to_take_requests() -> None:
     assert {"msgpack", "pickle", "packmule.serialize", "packmule.errors"} <= loaded
 
 
+def test_a_worker_does_not_load_the_pack_builder() -> None:
+    loaded = loaded_after("import packmule.worker.daemon, packmule.worker.packs")
+    assert not loaded & {"packaging", "importlib.metadata", "packmule.envpack.build",
+                         "packmule.envpack.analysis", "packmule.manager"}, sorted(loaded)
+
+
 def test_importing_packmule_loads_no_manager_until_a_name_is_used() -> None:
     loaded = tops(loaded_after("import packmule; packmule.TaskError; packmule.__version__"))
     assert not loaded & HEAVY, sorted(loaded & HEAVY)

@@ -22,7 +22,6 @@ import tarfile
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from functools import lru_cache
 from pathlib import Path
 
 from .._version import __version__
@@ -39,6 +38,7 @@ from .layout import (
     SITE,
     STDLIB,
     cache_home,
+    gnu_tar,
     interpreter,
     libpython,
     source_files,
@@ -309,20 +309,6 @@ def _dynload_dir() -> str | None:
 
 
 # -- writing the tar ----------------------------------------------------------
-
-
-@lru_cache(maxsize=1)
-def gnu_tar() -> str | None:
-    """The path of GNU tar, or None when ``tar`` is missing or another implementation."""
-    path = shutil.which("tar")
-    if path is None:
-        return None
-    try:
-        out = subprocess.run([path, "--version"], capture_output=True, text=True,
-                             timeout=30, check=False).stdout
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return path if "GNU tar" in out else None
 
 
 def tar_command(listing: _Listing, list_file: Path, output: str = "-") -> list[str]:

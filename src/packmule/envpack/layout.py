@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import importlib.machinery
 import os
+import shutil
+import subprocess
 import sys
 import sysconfig
 from functools import lru_cache
@@ -131,3 +133,17 @@ def source_files(name: str, path: str) -> list[tuple[str, str]]:
     )
     rels = _walk(path, None if is_package else _MODULE_SUFFIXES)
     return [(os.path.join(name, r), os.path.join(path, r)) for r in rels]
+
+
+@lru_cache(maxsize=1)
+def gnu_tar() -> str | None:
+    """The path of GNU tar, or None when ``tar`` is missing or another implementation."""
+    path = shutil.which("tar")
+    if path is None:
+        return None
+    try:
+        out = subprocess.run([path, "--version"], capture_output=True, text=True,
+                             timeout=30, check=False).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return path if "GNU tar" in out else None

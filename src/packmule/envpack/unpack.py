@@ -25,8 +25,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from ..errors import PackCorrupted, PackError
-from .build import gnu_tar
-from .layout import BIN_PYTHON, MANIFEST, cache_home
+from .layout import BIN_PYTHON, MANIFEST, cache_home, gnu_tar
 from .tarcheck import UnsafeMember, check_file, check_path
 
 #: Written last into a pack directory; its presence means the unpack completed.

@@ -42,6 +42,10 @@ PROBE_CHUNK = 2000
 RECEIVE_CHUNK = 1000
 #: File descriptors the loop keeps for itself beyond one per worker connection.
 RESERVED_FDS = 64
+# Flags as plain ints: pyzmq's flag enums cost more than the send itself for small messages.
+_NOBLOCK = int(zmq.NOBLOCK)
+_SNDMORE = int(zmq.SNDMORE)
+_RCVMORE = int(zmq.RCVMORE)
 
 
 @dataclass
@@ -126,8 +130,12 @@ class Connections:
     def send_frames(self, identity: bytes, frames: list[bytes | memoryview],
                     copy: bool = True) -> bool:
         """False when the peer is gone (the caller loses it)."""
+        router = self.router
         try:
-            self.router.send_multipart([identity, *frames], copy=copy)
+            router.send(identity, _SNDMORE)
+            for frame in frames[:-1]:
+                router.send(frame, _SNDMORE, copy=copy)
+            router.send(frames[-1], 0, copy=copy)
         except zmq.ZMQError as exc:
             if exc.errno == errno.EHOSTUNREACH:
                 return False
@@ -140,16 +148,21 @@ class Connections:
             self.router.send_multipart([identity, m.encode(m.Reject(reason))])
 
     # ---------------------------------------------------------------- receiving
-    def receive(self) -> tuple[list[tuple[bytes, list[zmq.Frame]]], bool]:
+    def receive(self) -> tuple[list[tuple[bytes, list[bytes]]], bool]:
         """Up to :data:`RECEIVE_CHUNK` messages as (identity, frames), and whether the
         socket was drained (nothing more waiting)."""
-        out: list[tuple[bytes, list[zmq.Frame]]] = []
+        out: list[tuple[bytes, list[bytes]]] = []
+        router = self.router
+        recv = router.recv
         for _ in range(RECEIVE_CHUNK):
             try:
-                frames = self.router.recv_multipart(zmq.NOBLOCK, copy=False)
+                identity = recv(_NOBLOCK)
             except zmq.Again:
                 return out, True
-            out.append((frames[0].bytes, frames[1:]))
+            frames = [recv()]  # a message's frames arrive together
+            while router.getsockopt(_RCVMORE):
+                frames.append(recv())
+            out.append((identity, frames))
         return out, False
 
     def answer_zap(self) -> None:

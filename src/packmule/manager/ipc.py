@@ -17,13 +17,15 @@ import socket
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from ..core.categories import CategoryConfig
-from ..envpack import Pack
 from ..errors import ProtocolError
 from ..resources import Resources
 from ..task import File
+
+if TYPE_CHECKING:
+    from ..envpack.build import Pack
 
 
 @dataclass(frozen=True)

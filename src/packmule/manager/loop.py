@@ -140,42 +140,52 @@ class Loop:
 
     # ================================================================ the I/O loop
     def run(self) -> None:
-        net = self.net
+        net, core = self.net, self.core
+        fd = self.conn.fileno()
         poller = zmq.Poller()
         poller.register(net.router, zmq.POLLIN)
         poller.register(net.zap, zmq.POLLIN)
         poller.register(net.monitor, zmq.POLLIN)
-        poller.register(self.conn.fileno(), zmq.POLLIN)
+        poller.register(fd, zmq.POLLIN)
+        writing = False  # whether the poller waits for room to write to the Manager
         lease_step = self.cfg.heartbeat_interval / HEARTBEAT_SLICES
         next_lease = time.monotonic() + lease_step
         busy = False  # more to read, or to schedule, than one turn does
         try:
             while not self._stopping:
                 now = time.monotonic()
-                timeout = 0 if busy else max(0, int((min(net.wake_at(), next_lease) - now)
-                                                    * 1000))
-                poller.register(self.conn.fileno(), zmq.POLLIN | (
-                    zmq.POLLOUT if self.outbox.pending else 0))
+                timer = min(net.wake_at(), next_lease)
+                timeout = 0 if busy else max(0, int((timer - now) * 1000))
+                if self.outbox.pending != writing:
+                    writing = not writing
+                    poller.register(fd, zmq.POLLIN | (zmq.POLLOUT if writing else 0))
                 events = dict(poller.poll(timeout))
-                self.outbox.flush()
+                if writing:
+                    self.outbox.flush()
                 now = time.monotonic()
-                if events.get(self.conn.fileno(), 0) & zmq.POLLIN and not self._commands(now):
+                if events.get(fd, 0) & zmq.POLLIN and not self._commands(now):
                     break
-                net.events(now)  # first: a full monitor pipe holds up the I/O thread
-                net.answer_zap()
-                drained = self._receive(now)
-                for wid in list(net.tick(now)):
-                    self._lose_worker(wid, now, "connection closed")
-                if drained and now >= next_lease:
-                    # Judged on what arrived: everything waiting has just been read.
-                    next_lease = now + lease_step
-                    for wid in self.core.expired(now, self.lease):
-                        self._lose_worker(wid, now, f"no message for {self.lease:.0f} s "
-                                                    "(lease expired)")
-                self._schedule(now)
-                busy = not drained or self.core.changed
-                self.tasklog.tick(now, idle=not events)
-                self._tally.tick(now)
+                if net.monitor in events:  # first: a full monitor pipe holds up the I/O thread
+                    net.events(now)
+                if net.zap in events:
+                    net.answer_zap()
+                drained = True
+                if net.router in events or busy:
+                    drained = self._receive(now)
+                if now >= timer:
+                    for wid in list(net.tick(now)):
+                        self._lose_worker(wid, now, "connection closed")
+                    if drained and now >= next_lease:
+                        # Judged on what arrived: everything waiting has just been read.
+                        next_lease = now + lease_step
+                        for wid in core.expired(now, self.lease):
+                            self._lose_worker(wid, now, f"no message for {self.lease:.0f} s "
+                                                        "(lease expired)")
+                    self.tasklog.tick(now, idle=not events)
+                    self._tally.tick(now)
+                if core.changed:
+                    self._schedule(now)
+                busy = not drained or core.changed
         except Exception:
             log.exception("packmule manager loop crashed; failing all unfinished tasks")
         finally:
@@ -280,7 +290,7 @@ class Loop:
                 log.warning("dropped a malformed message from %s (%d frames)", wid,
                             len(frames) + 1)
                 continue
-            data = frames[0].bytes
+            data = frames[0]
             try:
                 msg = m.decode(data)
             except ProtocolError as exc:

@@ -12,10 +12,13 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from ..envpack import Pack
 from ..protocol import messages as m
 from ..task import File
+
+if TYPE_CHECKING:
+    from ..envpack.build import Pack
 
 log = logging.getLogger("packmule.manager")
 

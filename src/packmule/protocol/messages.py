@@ -49,6 +49,7 @@ M = TypeVar("M", bound=type)
 _BY_TAG: dict[int, type[Message]] = {}
 _DECODERS: dict[type, list[Callable[[Any], Any]]] = {}
 _FIELD_NAMES: dict[type, tuple[str, ...]] = {}
+_STRUCTS: dict[type, Callable[[Any], Any]] = {}
 
 
 def _converter(hint: Any) -> Callable[[Any], Any]:
@@ -61,19 +62,34 @@ def _converter(hint: Any) -> Callable[[Any], Any]:
         conv = _converter(item)
         return lambda v: [conv(x) for x in v]
     if origin in (Union, types.UnionType):
-        return lambda v: v
+        return _as_is
     if isinstance(hint, type) and issubclass(hint, enum.Enum):
         return hint
-    return lambda v: v
+    return _as_is
+
+
+def _as_is(v: Any) -> Any:
+    return v
 
 
 def _struct_decoder(cls: type) -> Callable[[Any], Any]:
-    def decode(v: Any) -> Any:
-        convs = _DECODERS[cls]
-        if not isinstance(v, list) or len(v) != len(convs):
-            raise ProtocolError(f"malformed {cls.__name__}: {v!r:.200}")
-        return cls(*(c(x) for c, x in zip(convs, v, strict=True)))
+    """The decoder of a registered structure (made once per structure)."""
+    got = _STRUCTS.get(cls)
+    if got is not None:
+        return got
+    convs = _DECODERS[cls]
+    n = len(convs)
+    # Only the fields that need converting are touched (most are taken as they are).
+    todo = [(i, c) for i, c in enumerate(convs) if c is not _as_is]
 
+    def decode(v: Any) -> Any:
+        if not isinstance(v, list) or len(v) != n:
+            raise ProtocolError(f"malformed {cls.__name__}: {v!r:.200}")
+        for i, c in todo:
+            v[i] = c(v[i])
+        return cls(*v)
+
+    _STRUCTS[cls] = decode
     return decode
 
 
