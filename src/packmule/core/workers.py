@@ -142,12 +142,16 @@ class _Level:
             self.lasts.append(key)
             self.most.append(disk)
             return
-        i = min(bisect.bisect_left(self.lasts, key), len(self.blocks) - 1)
+        lasts = self.lasts
+        i = bisect.bisect_left(lasts, key)
+        if i == len(lasts):
+            i -= 1
         block = self.blocks[i]
         j = bisect.bisect_left(block, key)
         block.insert(j, key)
         self.disks[i].insert(j, disk)
-        self.lasts[i] = block[-1]
+        if j == len(block) - 1:
+            lasts[i] = key
         if disk > self.most[i]:
             self.most[i] = disk
         if len(block) > 2 * _BLOCK:
@@ -196,9 +200,14 @@ class _Level:
                 return None
             if most[i] >= disk:
                 disks = self.disks[i]
-                for k in range(j, len(block)):
-                    if disks[k] < disk:
-                        continue
+                # The keys with enough disk, found in C (map and index), not key by key.
+                enough = list(map(disk.__le__, disks))
+                k = j - 1
+                while True:
+                    try:
+                        k = enough.index(True, k + 1)
+                    except ValueError:
+                        break
                     key = block[k]
                     if stop is not None and key >= stop:
                         return None
@@ -573,21 +582,24 @@ class WorkerPool:
 
     # ------------------------------------------------------------ index upkeep
     def _index(self, w: WorkerRecord) -> None:
-        self.touched.add(w.seq)
-        if w.seq in self._held:
+        seq = w.seq
+        self.touched.add(seq)
+        if self._held and seq in self._held:
             return
-        self._all.add(w.free, w.seq)
+        self._all.add(w.free, seq)
         if self._by_class:
-            self._class_index(w).add(w.free, w.seq)
-        self._index_queue(w)
+            self._class_index(w).add(w.free, seq)
+        if self._queue_indexed:
+            self._index_queue(w)
 
     def _unindex(self, w: WorkerRecord) -> None:
-        if w.seq in self._held:
+        if self._held and w.seq in self._held:
             return
         self._all.remove(w.free, w.seq)
         if self._by_class:
             self._class_index(w).remove(w.free, w.seq)
-        self._unindex_queue(w)
+        if w._queue_slot is not None:
+            self._unindex_queue(w)
 
     def _class_index(self, w: WorkerRecord) -> FreeIndex:
         index = self._classes[_class_key(w.total)].index
