@@ -13,6 +13,7 @@ import contextlib
 import errno
 import logging
 import math
+import os
 import resource
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -40,8 +41,12 @@ PROBE_CHUNK = 2000
 #: Messages read from the socket per loop turn at most (then the rest of the turn
 #: runs, and the next turn reads on).
 RECEIVE_CHUNK = 1000
-#: File descriptors the loop keeps for itself beyond one per worker connection.
-RESERVED_FDS = 64
+#: How often (s) the loop counts its open files, to say when it runs out: then no more
+#: workers can connect (libzmq's failed accepts are not watched: thousands a second
+#: would fill the monitor's pipe and stall its I/O thread).
+FD_CHECK_INTERVAL = 5.0
+#: Open files within this many of the limit count as out of file descriptors.
+FD_MARGIN = 8
 # Flags as plain ints: pyzmq's flag enums cost more than the send itself for small messages.
 _NOBLOCK = int(zmq.NOBLOCK)
 _SNDMORE = int(zmq.SNDMORE)
@@ -78,14 +83,15 @@ class Connections:
         keys = derive_keys(secret)
         self._client_key = zmq.utils.z85.decode(keys.client_public)
         self._handshake_failures = 0
-        self._accept_failures = 0
+        self._fds_said = False
+        self._next_fd_check = 0.0
         self._monitoring = True
         self._ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
         self.zap = self._ctx.socket(zmq.REP)
         self.zap.bind("inproc://zeromq.zap.01")
         self.router = server_socket(self._ctx, keys, b"packmule")
         self.monitor = self.router.get_monitor_socket(
-            zmq.EVENT_DISCONNECTED | zmq.EVENT_ACCEPT_FAILED | HANDSHAKE_FAILED)
+            zmq.EVENT_DISCONNECTED | HANDSHAKE_FAILED)
         try:
             if port:
                 self.router.bind(f"tcp://{host}:{port}")
@@ -113,10 +119,6 @@ class Connections:
     def add(self, wid: str, conn: WorkerConn) -> None:
         self.workers[wid] = conn
         self._ring.append(wid)
-        if len(self.workers) + RESERVED_FDS == self.fd_limit:
-            log.warning("%d workers connected: near the open-files limit of %d, beyond which "
-                        "no more can connect; raise it (ulimit -n) for a larger cluster",
-                        len(self.workers), self.fd_limit)
 
     def remove(self, wid: str) -> WorkerConn | None:
         return self.workers.pop(wid, None)  # its ring entry is skipped when reached
@@ -187,23 +189,11 @@ class Connections:
 
     def events(self, now: float) -> None:
         """Act on the monitor's events: closed connections start probe sweeps; failed
-        handshakes and accepts are said once each."""
+        handshakes are said once."""
         closed = False
-        for event, value in drain_events(self.monitor):
+        for event, _value in drain_events(self.monitor):
             if event == zmq.EVENT_DISCONNECTED:
                 closed = True
-            elif event == zmq.EVENT_ACCEPT_FAILED:
-                self._accept_failures += 1
-                if value in (errno.EMFILE, errno.ENFILE) and self._accept_failures == 1:
-                    log.error(
-                        "cannot accept more workers: out of file descriptors with %d "
-                        "connected (open-files limit %d). The manager keeps serving them; "
-                        "raise the limit (ulimit -n, or the hard limit in "
-                        "/etc/security/limits.conf) to connect more. (Logged once.)",
-                        len(self.workers), self.fd_limit)
-                elif self._accept_failures == 1:
-                    log.error("cannot accept a connection: %s (logged once)",
-                              errno.errorcode.get(value, value))
             elif event & HANDSHAKE_FAILED:
                 self._handshake_failures += 1
                 if self._handshake_failures == 1:
@@ -215,6 +205,29 @@ class Connections:
         if closed:
             self._plan_probes(now)
 
+    # ---------------------------------------------------------------- descriptors
+    def _check_descriptors(self, now: float) -> None:
+        """Say once when the process is out of file descriptors: libzmq then fails every
+        accept (silently: its events for that would flood the monitor), so no worker
+        beyond those connected can join until some leave."""
+        self._next_fd_check = now + FD_CHECK_INTERVAL
+        if self._fds_said:
+            return
+        try:
+            open_fds = len(os.listdir("/proc/self/fd"))
+        except OSError as exc:
+            if exc.errno not in (errno.EMFILE, errno.ENFILE):
+                return  # not Linux
+            open_fds = self.fd_limit  # not even one to spare to look
+        if open_fds >= self.fd_limit - FD_MARGIN:
+            self._fds_said = True
+            log.error(
+                "out of file descriptors: %d open of the limit of %d, with %d workers "
+                "connected. No more workers can connect until some leave; those connected "
+                "are served as before. Raise the limit (ulimit -n, or the hard limit in "
+                "/etc/security/limits.conf) for a larger cluster. (Logged once.)",
+                open_fds, self.fd_limit, len(self.workers))
+
     # ---------------------------------------------------------------- liveness
     def _plan_probes(self, now: float) -> None:
         for delay in PROBE_DELAYS:
@@ -225,7 +238,7 @@ class Connections:
 
     def wake_at(self) -> float:
         """When :meth:`tick` has work next."""
-        soon = [self.next_beat]
+        soon = [self.next_beat, self._next_fd_check]
         if self._probing:
             soon.append(0.0)
         elif self._probe_times:
@@ -234,6 +247,8 @@ class Connections:
 
     def tick(self, now: float) -> Iterator[str]:
         """Send the heartbeats and probes that are due; yields the workers found gone."""
+        if now >= self._next_fd_check:
+            self._check_descriptors(now)
         if now >= self.next_beat:
             interval = self.heartbeat_interval
             self.next_beat = now + interval / HEARTBEAT_SLICES
