@@ -41,7 +41,6 @@ It prints one JSON object on stdout (progress goes to stderr).
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import os
 import re
@@ -54,10 +53,11 @@ import tempfile
 import time
 from collections import defaultdict
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 import psutil
+import vs_workqueue  # the sibling benchmark: machine info, Work Queue set-up
 
 HERE = Path(__file__).resolve().parent
 MB = 1024 * 1024
@@ -89,12 +89,6 @@ del q  # while the module is still whole (its __del__ needs it)
 def log(msg: str) -> None:
     print(f"[footprint {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
-
-def vs_workqueue() -> ModuleType:
-    """The sibling benchmark, for its Work Queue unpacking and probing."""
-    if str(HERE) not in sys.path:
-        sys.path.insert(0, str(HERE))
-    return importlib.import_module("vs_workqueue")
 
 
 # ================================================================ memory
@@ -261,7 +255,7 @@ def floor(python: str, settle: float) -> dict[str, Any]:
 
 def workqueue_idle(args: argparse.Namespace) -> dict[str, Any]:
     """An idle ``work_queue_worker`` connected to a Work Queue manager (or a stand-in)."""
-    vq = vs_workqueue()
+    vq = vs_workqueue
     binary = shutil.which("work_queue_worker")
     setup = None
     reason = ""
@@ -363,7 +357,7 @@ def report(args: argparse.Namespace) -> dict[str, Any]:
         peer = wq["worker_with_children"]
         ratios["worker_plus_runner_rss_vs_workqueue"] = round(pair["rss_mb"] / peer["rss_mb"], 1)
         ratios["worker_plus_runner_uss_vs_workqueue"] = round(pair["uss_mb"] / peer["uss_mb"], 1)
-    vq = vs_workqueue()
+    vq = vs_workqueue
     return {
         "benchmark": "idle footprint: packmule worker and runner, Work Queue worker, bare python",
         "packmule": {**pm, "imports": {"worker": worker_imports, "runner": runner_imports}},

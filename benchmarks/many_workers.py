@@ -82,7 +82,6 @@ import contextlib
 import cProfile
 import dataclasses
 import heapq
-import importlib
 import json
 import logging
 import math
@@ -101,17 +100,21 @@ import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import psutil
 import zmq
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import vs_workqueue  # the sibling benchmark: machine info, Work Queue set-up
+
 import packmule
 from packmule.local import start_worker, stop_worker
 from packmule.protocol import messages as m
 from packmule.protocol.security import derive_keys, read_password_file
+from packmule.protocol.sockets import client_socket
 from packmule.serialize import dumps_result
+from packmule.worker.daemon import RECONNECT_INTERVAL
 
 HERE = Path(__file__).resolve().parent
 
@@ -162,12 +165,6 @@ def raise_fd_limit() -> int:
     return soft if soft != resource.RLIM_INFINITY else 1 << 20
 
 
-def vs_workqueue() -> ModuleType:
-    """The sibling benchmark, for its machine info and load average helpers."""
-    if str(HERE) not in sys.path:
-        sys.path.insert(0, str(HERE))
-    return importlib.import_module("vs_workqueue")
-
 
 # ==================================================================== emulated workers
 # This part runs in the emulator processes (``many_workers.py --_emulator-process``).
@@ -200,9 +197,7 @@ class Emulator:
         self.address: str = cfg["address"]
         self.size: dict[str, int] = cfg["size"]
         self.name = f"emu-{socket.gethostname()}-{os.getpid()}"
-        keys = derive_keys(read_password_file(cfg["password_file"]))
-        self.server_public = keys.server_public
-        self.client_public, self.client_secret = keys.client_public, keys.client_secret
+        self.keys = derive_keys(read_password_file(cfg["password_file"]))
         self.ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context(io_threads=1)
         # The default is 1023; twice the workers, as a closed socket counts until the
         # context's reaper has finished it while its worker's next session starts.
@@ -233,14 +228,9 @@ class Emulator:
 
     # ------------------------------------------------------------ sessions
     def _open(self, w: _Emulated, now: float) -> None:
-        sock = self.ctx.socket(zmq.DEALER)
-        sock.curve_serverkey = self.server_public
-        sock.curve_publickey = self.client_public
-        sock.curve_secretkey = self.client_secret
+        # The real worker's socket (its reconnect interval included), without linger.
+        sock = client_socket(self.ctx, self.keys, uuid.uuid4().bytes, RECONNECT_INTERVAL)
         sock.linger = 0
-        sock.sndhwm = 0
-        sock.rcvhwm = 0
-        sock.routing_id = uuid.uuid4().bytes
         sock.connect(f"tcp://{self.address}")
         w.sock, w.fd = sock, int(sock.getsockopt(zmq.FD))
         w.session += 1
@@ -1113,7 +1103,7 @@ def judge(kind: str, runs: dict[str, dict[str, Any]]) -> dict[str, Any]:
 
 def report(args: argparse.Namespace, tmp: Path, out: dict[str, Any]) -> int:
     """Run every size, filling ``out`` as results come (so a partial run still reports)."""
-    vw = vs_workqueue()
+    vw = vs_workqueue
     status = 0
     out.update({
         "benchmark": "packmule many workers",

@@ -76,8 +76,10 @@ import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from types import ModuleType
 from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import vs_workqueue  # the sibling benchmark: machine info, Work Queue set-up
 
 #: Every task's resource specification, for the executors that take one
 #: (``--spec-memory`` changes its memory).
@@ -131,7 +133,7 @@ def noop(**_parsl_kwargs: Any) -> int:
 
 def load_average() -> list[float] | None:
     """The machine's load average (from the sibling benchmark)."""
-    result: list[float] | None = vs_workqueue().load_average()
+    result: list[float] | None = vs_workqueue.load_average()
     return result
 
 
@@ -269,12 +271,6 @@ def child_session(cfg: dict[str, Any]) -> int:
 
 
 # ================================================================ Work Queue setup
-def vs_workqueue() -> ModuleType:
-    """The sibling benchmark, for its Work Queue unpacking and probing."""
-    if str(HERE) not in sys.path:
-        sys.path.insert(0, str(HERE))
-    return importlib.import_module("vs_workqueue")
-
 
 def base_env() -> dict[str, str]:
     """This interpreter's environment with its bin folder first on PATH (HTEX's
@@ -291,7 +287,7 @@ def setup_parsl_workqueue(root: Path, shim_parent: Path) -> tuple[dict[str, str]
 
     Raises ``RuntimeError`` with the reason when that cannot be arranged.
     """
-    vw = vs_workqueue()
+    vw = vs_workqueue
     try:
         wq = vw.setup_workqueue(root, sys.executable)
     except (vw.Unavailable, OSError, subprocess.SubprocessError, ValueError) as e:
@@ -397,7 +393,7 @@ def combine(sessions: list[dict[str, Any]], timed_submit: bool = True) -> dict[s
             "submit_loop_tasks_per_s_median": round(n / statistics.median(loops), 1),
         },
     }
-    rtt: dict[str, Any] = vs_workqueue().summarize([x for s in sessions for x in s["round_trip_s"]])
+    rtt: dict[str, Any] = vs_workqueue.summarize([x for s in sessions for x in s["round_trip_s"]])
     rtt["session_medians"] = [round(statistics.median(s["round_trip_s"]) * 1000, 3)
                               for s in sessions]
     rtt["best_session_median"] = min(rtt["session_medians"])
@@ -409,9 +405,9 @@ def combine(sessions: list[dict[str, Any]], timed_submit: bool = True) -> dict[s
     out["cleanup_s_median"] = round(statistics.median(s["cleanup_s"] for s in sessions), 3)
     if timed_submit:
         out["executor_submit_ms"] = {
-            "all_at_once": vs_workqueue().summarize(
+            "all_at_once": vs_workqueue.summarize(
                 [x for s in sessions for x in s["submit_all_at_once_s"]]),
-            "round_trip": vs_workqueue().summarize(
+            "round_trip": vs_workqueue.summarize(
                 [x for s in sessions for x in s["submit_round_trip_s"]]),
             "what": "time.perf_counter() around the executor's own submit(), as the DFK "
                     "calls it, pooled over sessions",
@@ -540,7 +536,7 @@ def versions() -> dict[str, Any]:
 
 def machine_info() -> dict[str, Any]:
     """Cores, memory, platform, Python (from the sibling benchmark)."""
-    info: dict[str, Any] = vs_workqueue().machine_info()
+    info: dict[str, Any] = vs_workqueue.machine_info()
     return info
 
 

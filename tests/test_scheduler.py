@@ -175,15 +175,13 @@ sizes = st.builds(
 categories = st.sampled_from(["default", "default", "drawn"])
 
 
-class SchedulerMachine(RuleBasedStateMachine):
-    """Any stream of submissions, workers joining and leaving, completions,
-    exhaustions and hand-backs: the accounting stays consistent, and the worker
-    index answers as a scan over every worker does."""
+class EventStream(RuleBasedStateMachine):
+    """What both machines below do to a core: workers leave, attempts exhaust their
+    allocation, are handed back (sometimes for good on that worker), or are cancelled."""
 
     def __init__(self) -> None:
         super().__init__()
         self.s = ManagerState(validate=True)
-        self.s.configure_category("drawn", CategoryConfig(mode=AllocationMode.GREEDY_BUCKETING))
         self.now = 0.0
         self.next_task = 0
         self.next_worker = 0
@@ -195,6 +193,40 @@ class SchedulerMachine(RuleBasedStateMachine):
     def running(self) -> list[int]:
         return sorted(t.id for t in self.s.tasks.values() if t.state is TaskState.RUNNING)
 
+    @precondition(lambda self: self.s.workers)
+    @rule(data=st.data())
+    def remove_worker(self, data: st.DataObject) -> None:
+        wid = data.draw(st.sampled_from(sorted(self.s.workers)))
+        self.s.remove_worker(wid, self.tick(), "test")
+
+    @precondition(lambda self: self.running())
+    @rule(data=st.data(), resource=st.sampled_from(["memory", "disk", "cores"]))
+    def exhausted(self, data: st.DataObject, resource: str) -> None:
+        tid = data.draw(st.sampled_from(self.running()))
+        self.s.exhausted(tid, self.s.tasks[tid].attempt, [resource], self.tick(),
+                         measured=Resources(1, 100, 100, 0))
+
+    @precondition(lambda self: self.running())
+    @rule(data=st.data(), avoid=st.booleans())
+    def forsake(self, data: st.DataObject, avoid: bool) -> None:
+        tid = data.draw(st.sampled_from(self.running()))
+        self.s.forsake(tid, self.s.tasks[tid].attempt, self.tick(), "test", avoid=avoid)
+
+    @precondition(lambda self: self.s.tasks)
+    @rule(data=st.data())
+    def cancel(self, data: st.DataObject) -> None:
+        self.s.cancel(data.draw(st.sampled_from(sorted(self.s.tasks))), self.tick())
+
+
+class SchedulerMachine(EventStream):
+    """Any stream of submissions, workers joining and leaving, completions,
+    exhaustions and hand-backs: the accounting stays consistent, and the worker
+    index answers as a scan over every worker does."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.s.configure_category("drawn", CategoryConfig(mode=AllocationMode.GREEDY_BUCKETING))
+
     @rule(req=requests, priority=st.integers(-2, 2), retries=st.integers(0, 2),
           category=categories)
     def submit(self, req: Resources, priority: int, retries: int, category: str) -> None:
@@ -205,12 +237,6 @@ class SchedulerMachine(RuleBasedStateMachine):
     def add_worker(self, size: Resources) -> None:
         self.next_worker += 1
         self.s.add_worker(f"w{self.next_worker}", size, self.tick())
-
-    @precondition(lambda self: self.s.workers)
-    @rule(data=st.data())
-    def remove_worker(self, data: st.DataObject) -> None:
-        wid = data.draw(st.sampled_from(sorted(self.s.workers)))
-        self.s.remove_worker(wid, self.tick(), "test")
 
     @rule(limit=st.none() | st.integers(1, 3))
     def schedule(self, limit: int | None) -> None:
@@ -231,24 +257,6 @@ class SchedulerMachine(RuleBasedStateMachine):
                             wall_time=wall)
         if stale:
             assert v is Verdict.STALE
-
-    @precondition(lambda self: self.running())
-    @rule(data=st.data(), resource=st.sampled_from(["memory", "disk", "cores"]))
-    def exhausted(self, data: st.DataObject, resource: str) -> None:
-        tid = data.draw(st.sampled_from(self.running()))
-        self.s.exhausted(tid, self.s.tasks[tid].attempt, [resource], self.tick(),
-                         measured=Resources(1, 100, 100, 0))
-
-    @precondition(lambda self: self.running())
-    @rule(data=st.data(), avoid=st.booleans())
-    def forsake(self, data: st.DataObject, avoid: bool) -> None:
-        tid = data.draw(st.sampled_from(self.running()))
-        self.s.forsake(tid, self.s.tasks[tid].attempt, self.tick(), "test", avoid=avoid)
-
-    @precondition(lambda self: self.s.tasks)
-    @rule(data=st.data())
-    def cancel(self, data: st.DataObject) -> None:
-        self.s.cancel(data.draw(st.sampled_from(sorted(self.s.tasks))), self.tick())
 
     @rule(req=requests, minimum=minimums, avoid_first=st.booleans())
     def index_agrees_with_a_scan(self, req: Resources, minimum: Resources,
@@ -297,25 +305,14 @@ SchedulerMachine.TestCase.settings = settings(max_examples=150, stateful_step_co
 test_scheduler_never_overcommits = SchedulerMachine.TestCase
 
 
-class SameDecisionsMachine(RuleBasedStateMachine):
+class SameDecisionsMachine(EventStream):
     """With one priority, the indexed pass assigns exactly what the old pass that
     scanned every worker for every task does (``reference_pass``), after any
     stream of events."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.s = ManagerState(validate=True)
         self.parked: set[int] = set()
-        self.now = 0.0
-        self.next_task = 0
-        self.next_worker = 0
-
-    def tick(self) -> float:
-        self.now += 1
-        return self.now
-
-    def running(self) -> list[int]:
-        return sorted(t.id for t in self.s.tasks.values() if t.state is TaskState.RUNNING)
 
     @rule(req=requests, n=st.integers(1, 3))
     def submit(self, req: Resources, n: int) -> None:
@@ -329,12 +326,6 @@ class SameDecisionsMachine(RuleBasedStateMachine):
         self.s.add_worker(f"w{self.next_worker}", size, self.tick())
         self.parked.clear()
 
-    @precondition(lambda self: self.s.workers)
-    @rule(data=st.data())
-    def remove_worker(self, data: st.DataObject) -> None:
-        self.s.remove_worker(data.draw(st.sampled_from(sorted(self.s.workers))), self.tick(),
-                             "test")
-
     @rule()
     def schedule(self) -> None:
         expected = reference_pass(self.s, self.parked)
@@ -347,24 +338,6 @@ class SameDecisionsMachine(RuleBasedStateMachine):
         tid = data.draw(st.sampled_from(self.running()))
         self.s.complete(tid, self.s.tasks[tid].attempt, ok, self.tick(),
                         measured=Resources(1, 10, 10, 0), wall_time=wall)
-
-    @precondition(lambda self: self.running())
-    @rule(data=st.data(), resource=st.sampled_from(["memory", "cores"]))
-    def exhausted(self, data: st.DataObject, resource: str) -> None:
-        tid = data.draw(st.sampled_from(self.running()))
-        self.s.exhausted(tid, self.s.tasks[tid].attempt, [resource], self.tick(),
-                         measured=Resources(1, 100, 100, 0))
-
-    @precondition(lambda self: self.running())
-    @rule(data=st.data(), avoid=st.booleans())
-    def forsake(self, data: st.DataObject, avoid: bool) -> None:
-        tid = data.draw(st.sampled_from(self.running()))
-        self.s.forsake(tid, self.s.tasks[tid].attempt, self.tick(), "test", avoid=avoid)
-
-    @precondition(lambda self: self.s.tasks)
-    @rule(data=st.data())
-    def cancel(self, data: st.DataObject) -> None:
-        self.s.cancel(data.draw(st.sampled_from(sorted(self.s.tasks))), self.tick())
 
 
 SameDecisionsMachine.TestCase.settings = settings(max_examples=150, stateful_step_count=50,
