@@ -538,3 +538,22 @@ def test_the_index_agrees_with_a_scan_with_many_workers() -> None:
                 assert key == brute_best_fit(workers, req, Resources())
     assert max(len(lv.blocks) for by_cores in s.pool._all._levels.values()
                for lv in by_cores.values()) > 1, "no level grew to several blocks"
+
+
+def test_a_waiting_wide_task_holds_its_worker_once_lower_priority_tasks_arrive() -> None:
+    """The wide task found no room while nothing of lower priority waited; when such
+    tasks come, it reserves its worker as before, and they do not take the room it needs."""
+    s = state_with_workers(Resources(4, 4000, 4000, 0))
+    for i in range(3):
+        s.submit(i, Resources(cores=1), now=0, priority=5)
+    running = s.schedule(now=0)
+    assert len(running) == 3  # one core free: not enough for the wide task
+    s.submit(10, Resources(cores=4), now=1, priority=10)
+    assert s.schedule(now=1) == []
+    for i in range(20, 30):
+        s.submit(i, Resources(cores=1), now=2, priority=0)
+    for a in running:
+        s.complete(a.task_id, a.attempt, True, now=3)
+        out = s.schedule(now=3)
+        assert all(b.task_id == 10 for b in out), out
+    assert s.tasks[10].state is TaskState.RUNNING

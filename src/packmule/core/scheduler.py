@@ -164,6 +164,8 @@ class ManagerState:
         #: Categories whose queues are to be looked at afresh in the next pass.
         self._relearn: set[str] = set()
         self._epoch = -1
+        #: The lowest priority of the waiting tasks at the last pass.
+        self._lowest = math.inf
 
     @property
     def workers(self) -> dict[str, WorkerRecord]:
@@ -473,12 +475,16 @@ class ManagerState:
             return out
         near = pool.take_touched()
         epoch = pool.epoch
-        if epoch != self._epoch:
+        lowest = waiting.lowest_priority()
+        if epoch != self._epoch or (lowest is not None and lowest < self._lowest):
+            # The worker sizes changed, or tasks of a lower priority than any before wait
+            # now: every shape is looked at afresh (a higher one may have to reserve).
             self._epoch = epoch
             waiting.forget_no_room()
         elif self._relearn:
             waiting.forget_no_room(self._relearn)
         self._relearn.clear()
+        self._lowest = math.inf if lowest is None else lowest
         # Shapes that found no room may only fit on the workers touched since; with many
         # touched, on any worker, but only if what they need fits what some worker has.
         full = len(near) > TOUCHED_SCAN
@@ -497,7 +503,6 @@ class ManagerState:
         reserved: dict[str, float] = {}  # worker id -> the priority it is held for
         to_hold: list[tuple[float, str]] = []  # reservations not yet taken out of the indexes
         failed: set[tuple[object, ...]] = set()  # shapes with no room in this pass
-        lowest = waiting.lowest_priority()
         examined = 0
         try:
             for q, t in waiting.sweep(extra, still):
