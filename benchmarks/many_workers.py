@@ -111,6 +111,7 @@ import vs_workqueue  # the sibling benchmark: machine info, Work Queue set-up
 import packmule
 from packmule.local import start_worker, stop_worker
 from packmule.protocol import messages as m
+from packmule.protocol import pieces
 from packmule.protocol.security import derive_keys, read_password_file
 from packmule.protocol.sockets import client_socket
 from packmule.serialize import dumps_result
@@ -262,8 +263,10 @@ class Emulator:
         heapq.heappush(self.timers, (due, self.seq, kind, w.index, w.session))
 
     def _send(self, w: _Emulated, data: bytes) -> None:
+        """Send as a worker does: a message larger than a piece goes in pieces."""
         assert w.sock is not None
-        w.sock.send(data)
+        for frames in pieces.frames(data):
+            w.sock.send_multipart(frames)
 
     # ------------------------------------------------------------ messages
     def _drain(self, w: _Emulated, now: float) -> None:

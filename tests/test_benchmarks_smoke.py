@@ -45,3 +45,24 @@ def test_many_workers_quick_connects_every_emulated_worker() -> None:
         assert set(run["meets_targets"]) >= {"all_connected", "none_lost", "connect_s",
                                              "idle_loop_cpu", "loop_rss_mb", "shutdown_s"}
     assert "emulated_100_throughput_ratio" in out["meets_targets"]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_reliability_quick_loses_nothing_and_leaves_nothing_running() -> None:
+    res = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "reliability.py"), "--quick"],
+        capture_output=True, text=True, timeout=110, check=False,
+    )
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    out = json.loads(res.stdout)
+    assert {"machine", "settings", "partition", "fault_free", "faulty", "tasks",
+            "faults_injected", "results_lost", "delivered_twice", "executed_more_than_once",
+            "orphans", "slowdown", "ok", "duration_s"} <= set(out)
+    assert out["ok"] and out["tasks"] == 300
+    assert out["results_lost"] == out["delivered_twice"] == out["orphans"] == 0
+    assert out["faults_injected"].get("worker_sigkill", 0) >= 1
+    assert out["fault_free"]["faults"] == {} and out["slowdown"] > 0
+    for run in (out["fault_free"], out["faulty"]):
+        assert run["delivered_never"] == run["never_executed"] == 0
+        assert run["workers_exited_on_shutdown"]

@@ -21,6 +21,23 @@ def test_every_wire_message_is_in_the_tables_with_its_tag() -> None:
     assert f"| `PROTOCOL_VERSION` | {m.PROTOCOL_VERSION} |" in INTERNALS
 
 
+def test_every_wire_message_lists_its_fields() -> None:
+    """The Fields column of each message's row names its fields, in order (asides in
+    parentheses apart); each structure's bullet names all of its fields."""
+    rows = re.findall(r"^\| (\d+) \| `(\w+)` \| ([^|]*) \|", INTERNALS, re.M)
+    assert rows
+    for tag, name, fields in rows:
+        listed = re.findall(r"`(\w+)(?::[^`]*)?`", re.sub(r"\([^)]*\)", "", fields))
+        assert listed == list(m.FIELD_HINTS[m._BY_TAG[int(tag)]]), f"{name}: {fields}"
+    structures = [c for c in m.FIELD_HINTS if not issubclass(c, m.Message)]
+    assert structures
+    for cls in structures:
+        bullet = re.search(rf"^- `{cls.__name__}`: (.*?)(?=^- |^$)", INTERNALS, re.M | re.S)
+        assert bullet, f"{cls.__name__} is not in the list of structures"
+        named = set(re.findall(r"`(\w+)`", bullet.group(1)))
+        assert set(m.FIELD_HINTS[cls]) <= named, f"{cls.__name__}: {bullet.group(1)}"
+
+
 def test_every_message_between_the_manager_and_its_loop_is_in_the_table() -> None:
     listed = set(re.findall(r"^\| to the (?:loop|Manager) \| `(\w+)`(?: / `(\w+)`)?", INTERNALS,
                             re.M))

@@ -162,6 +162,35 @@ def test_port_in_use_fails_at_load(tmp_path: Path) -> None:
         parsl.clear()
 
 
+@python_app
+def nap(seconds: float) -> float:
+    import time
+
+    time.sleep(seconds)
+    return seconds
+
+
+def test_a_crashed_manager_fails_the_apps_with_manager_crashed(tmp_path: Path) -> None:
+    import signal
+
+    from packmule import ManagerCrashed
+
+    with loaded(tmp_path) as ex:
+        assert nap(0).result(timeout=60) == 0  # a worker is up
+        running = nap(60)
+        assert ex.manager is not None
+        manager = ex.manager
+        deadline = time.monotonic() + 30
+        while manager.stats().tasks["running"] < 1:
+            assert time.monotonic() < deadline, "the app never started"
+            time.sleep(0.05)
+        os.kill(manager.loop_pid, signal.SIGKILL)
+        with pytest.raises(ManagerCrashed, match=r"killed by SIGKILL.*manager\.log"):
+            running.result(timeout=10)
+        with pytest.raises(ManagerCrashed, match="crashed"):
+            nap(0).result(timeout=10)  # a new app fails at once, with the same cause
+
+
 def test_worker_that_cannot_start_fails_the_block_with_its_stderr(tmp_path: Path) -> None:
     with loaded(tmp_path, worker_executable="/nonexistent/packmule-worker"):
         fut = compute(1)

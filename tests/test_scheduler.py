@@ -14,7 +14,7 @@ from packmule.core import workers as workers_module
 from packmule.core.allocation import box
 from packmule.core.categories import WALL_MIN_TASKS, AllocationMode, CategoryConfig
 from packmule.core.scheduler import MAX_REQUEUES, PREFETCH_WALL_TIME, ManagerState
-from packmule.core.states import InvalidTransition, TaskState, Verdict
+from packmule.core.states import Failure, InvalidTransition, Outcome, Ruling, TaskState, Verdict
 from packmule.core.workers import WorkerRecord
 
 from .reference_scheduler import brute_best_fit, brute_closest, brute_prefetch, reference_pass
@@ -113,6 +113,46 @@ def test_requeues_are_capped() -> None:
     assert verdicts[:-1] == [Verdict.REQUEUED] * MAX_REQUEUES
 
 
+@pytest.mark.parametrize(("outcome", "retries", "rulings"), [
+    (Outcome.SUCCEEDED, 0, [(Verdict.DONE, None)]),
+    (Outcome.RAISED, 1, [(Verdict.RETRY, None), (Verdict.FAILED, Failure.TASK)]),
+    (Outcome.BROKE, 2, [(Verdict.RETRY, None)] * 2 + [(Verdict.FAILED, Failure.TASK)]),
+    (Outcome.FATAL, 3, [(Verdict.FAILED, Failure.FATAL)]),
+    (Outcome.FORSAKEN, 0,
+     [(Verdict.REQUEUED, None)] * MAX_REQUEUES + [(Verdict.FAILED, Failure.REQUEUES)]),
+    (Outcome.EXHAUSTED, 0, [(Verdict.RETRY, None), (Verdict.FAILED, Failure.EXHAUSTED)]),
+])
+def test_each_outcome_gets_its_ruling_and_a_failure_is_recorded_as_failed(
+        outcome: Outcome, retries: int, rulings: list[tuple[Verdict, Failure | None]]) -> None:
+    s = state_with_workers(Resources(4, 4000, 4000, 0))
+    s.submit(1, Resources(cores=1), now=0, max_retries=retries)
+    got = []
+    while s.tasks[1].state is TaskState.WAITING:
+        (a,) = s.schedule(now=len(got))
+        got.append(tuple(s.result(1, a.attempt, outcome, len(got), a.worker, why="test",
+                                  exceeded=["memory"], measured=Resources(1, 900, 1, 0))))
+        assert s.workers[a.worker].committed == Resources(0, 0, 0, 0)
+    assert got == rulings
+    assert s.tasks[1].state is (TaskState.DONE if outcome is Outcome.SUCCEEDED
+                                else TaskState.FAILED)
+    assert s.counts()[s.tasks[1].state.value] == 1 and s.counts()["cancelled"] == 0
+    s.forget(1)
+    assert not s.tasks and sum(s.counts().values()) == 0
+
+
+def test_unusable_places_elsewhere_until_the_requeue_cap() -> None:
+    s = state_with_workers(*[TWO] * (MAX_REQUEUES + 3))
+    s.submit(1, Resources(cores=1), now=0)
+    got = []
+    while s.tasks[1].state is TaskState.WAITING:
+        (a,) = s.schedule(now=len(got))
+        assert a.worker not in s.tasks[1].avoid
+        got.append(s.result(1, a.attempt, Outcome.UNUSABLE, len(got), a.worker, why="x"))
+    assert got == [Ruling(Verdict.REQUEUED)] * MAX_REQUEUES + [
+        Ruling(Verdict.FAILED, Failure.UNUSABLE)]
+    assert len(s.tasks[1].avoid) == MAX_REQUEUES + 1
+
+
 def test_user_failure_uses_retries_then_fails() -> None:
     s = state_with_workers(TWO)
     s.submit(1, Resources(cores=1), now=0, max_retries=1)
@@ -200,17 +240,54 @@ class EventStream(RuleBasedStateMachine):
         self.s.remove_worker(wid, self.tick(), "test")
 
     @precondition(lambda self: self.running())
-    @rule(data=st.data(), resource=st.sampled_from(["memory", "disk", "cores"]))
-    def exhausted(self, data: st.DataObject, resource: str) -> None:
+    @rule(data=st.data(), outcome=st.sampled_from(Outcome),
+          resource=st.sampled_from(["memory", "disk", "cores"]),
+          stale=st.sampled_from([None, None, None, "attempt", "worker"]))
+    def result(self, data: st.DataObject, outcome: Outcome, resource: str,
+               stale: str | None) -> None:
+        """Any kind of result, current or stale: the ruling is the outcome policy's."""
         tid = data.draw(st.sampled_from(self.running()))
-        self.s.exhausted(tid, self.s.tasks[tid].attempt, [resource], self.tick(),
-                         measured=Resources(1, 100, 100, 0))
-
-    @precondition(lambda self: self.running())
-    @rule(data=st.data(), avoid=st.booleans())
-    def forsake(self, data: st.DataObject, avoid: bool) -> None:
-        tid = data.draw(st.sampled_from(self.running()))
-        self.s.forsake(tid, self.s.tasks[tid].attempt, self.tick(), "test", avoid=avoid)
+        t = self.s.tasks[tid]
+        worker, attempt = t.worker, t.attempt
+        assert worker is not None
+        retries, requeues, avoid = t.retries_left, t.requeues, t.avoid
+        others = [w for w in self.s.workers if w != worker and w not in avoid]
+        ruling = self.s.result(
+            tid, attempt - (stale == "attempt"), outcome, self.tick(),
+            "elsewhere" if stale == "worker" else worker, measured=Resources(1, 100, 100, 0),
+            wall_time=0.01, exceeded=[resource], why="test")
+        verdict, failure = ruling
+        if stale:
+            assert ruling == (Verdict.STALE, None)
+            assert t.state is TaskState.RUNNING and (t.worker, t.attempt) == (worker, attempt)
+            return
+        assert t.worker is None and tid not in self.s.workers[worker].running
+        assert t.state is {Verdict.DONE: TaskState.DONE, Verdict.FAILED: TaskState.FAILED,
+                           Verdict.RETRY: TaskState.WAITING,
+                           Verdict.REQUEUED: TaskState.WAITING}[verdict]
+        assert (failure is None) == (verdict is not Verdict.FAILED)
+        if outcome is Outcome.SUCCEEDED:
+            assert verdict is Verdict.DONE
+        elif outcome in (Outcome.RAISED, Outcome.BROKE):
+            left = retries is None or retries > 0
+            assert ruling == ((Verdict.RETRY, None) if left else (Verdict.FAILED, Failure.TASK))
+            assert t.retries_left == (retries if retries is None or not left else retries - 1)
+        elif outcome is Outcome.FATAL:
+            assert ruling == (Verdict.FAILED, Failure.FATAL)
+        elif outcome is Outcome.EXHAUSTED:
+            assert verdict is Verdict.RETRY or failure is Failure.EXHAUSTED
+            assert t.retries_left == retries
+        elif outcome is Outcome.FORSAKEN:
+            capped = requeues >= MAX_REQUEUES
+            assert ruling == ((Verdict.FAILED, Failure.REQUEUES) if capped
+                              else (Verdict.REQUEUED, None))
+            assert t.retries_left == retries and t.requeues == requeues + 1
+        else:
+            assert t.avoid == avoid | {worker}
+            if not others or requeues >= MAX_REQUEUES:
+                assert ruling == (Verdict.FAILED, Failure.UNUSABLE)
+            else:
+                assert ruling == (Verdict.REQUEUED, None) and t.requeues == requeues + 1
 
     @precondition(lambda self: self.s.tasks)
     @rule(data=st.data())
@@ -440,18 +517,34 @@ def test_result_from_another_worker_is_stale() -> None:
 
 
 def test_a_task_is_not_placed_again_on_a_worker_that_cannot_run_it() -> None:
+    s = state_with_workers(TWO, TWO, TWO)
+    s.submit(1, Resources(cores=2), now=0)
+    (a,) = s.schedule(now=0)
+    assert s.result(1, a.attempt, Outcome.UNUSABLE, now=1, worker=a.worker,
+                    why="pack unusable") == Ruling(Verdict.REQUEUED)
+    (b,) = s.schedule(now=2)
+    assert b.worker != a.worker
+    s.remove_worker(next(w for w in s.workers if w not in (a.worker, b.worker)), 3, "gone")
+    # The one worker left that it may use leaves too: it waits for another one.
+    assert s.remove_worker(b.worker, now=4, why="gone") == [(1, Verdict.REQUEUED)]
+    assert s.schedule(now=5) == [] and s.tasks[1].state is TaskState.WAITING
+    s.add_worker("w9", TWO, now=6)
+    (c,) = s.schedule(now=7)
+    assert (c.task_id, c.worker) == (1, "w9")
+
+
+def test_a_task_no_connected_worker_can_run_fails_as_unusable() -> None:
     s = state_with_workers(TWO, TWO)
     s.submit(1, Resources(cores=2), now=0)
     (a,) = s.schedule(now=0)
     assert s.forsake(1, a.attempt, now=1, why="pack unusable", worker=a.worker,
                      avoid=True) is Verdict.REQUEUED
     (b,) = s.schedule(now=2)
-    assert b.worker != a.worker
-    s.forsake(1, b.attempt, now=3, why="pack unusable", worker=b.worker, avoid=True)
-    assert s.schedule(now=4) == [] and s.tasks[1].state is TaskState.WAITING  # waits for others
-    s.add_worker("w9", TWO, now=5)
-    (c,) = s.schedule(now=6)
-    assert c.worker == "w9"
+    assert s.result(1, b.attempt, Outcome.UNUSABLE, now=3, worker=b.worker,
+                    why="pack unusable") == Ruling(Verdict.FAILED, Failure.UNUSABLE)
+    assert s.tasks[1].state is TaskState.FAILED
+    assert "no other worker" in s.tasks[1].history[-1]
+    assert s.workers[b.worker].committed == Resources(0, 0, 0, 0)
 
 
 # ------------------------------------------------------------------ costs at scale

@@ -68,6 +68,46 @@ class TaskCancelled(TaskError):
     """The task was cancelled before it finished."""
 
 
+class ManagerError(PackmuleError):
+    """The manager itself cannot start or go on: not one task's failure."""
+
+
+class ManagerStartError(ManagerError, OSError):
+    """The manager could not start: its port is taken or cannot be bound, its run directory
+    or password file cannot be written, or its loop process did not start. Also an
+    ``OSError``, with ``errno`` set when the system gave one."""
+
+    def __str__(self) -> str:
+        return self.strerror if self.strerror is not None else super().__str__()
+
+
+class ManagerTimeout(ManagerError, TimeoutError):
+    """The manager's loop process did not start, or answer a call, within ``LOOP_TIMEOUT``."""
+
+
+class ManagerClosed(ManagerError, RuntimeError):
+    """The manager was shut down: it takes no more tasks or calls. Also a ``RuntimeError``."""
+
+
+class ManagerCrashed(ManagerClosed, TaskError):
+    """The manager's loop process died (a signal, an exit code, an internal error), not a
+    shutdown: unfinished tasks fail with it, and the manager takes no more tasks.
+
+    ``returncode`` is the loop process's (negative: the signal that ended it; None if
+    unknown), ``log`` the path of its log file. Also a :class:`TaskError` (``task_id``
+    set on a future's error, None when raised by ``submit()`` or a call).
+    """
+
+    def __init__(self, message: str, task_id: int | None = None,
+                 returncode: int | None = None, log: str | None = None) -> None:
+        super().__init__(message, task_id)
+        self.returncode = returncode
+        self.log = log
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), (str(self), self.task_id, self.returncode, self.log))
+
+
 class LinkError(PackmuleError):
     """Base for failures of the manager-worker connection itself."""
 

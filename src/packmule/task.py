@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future
@@ -35,7 +36,7 @@ class File:
     @property
     def sandbox_name(self) -> str:
         name = self.remote_name or os.path.basename(self.local_path)
-        if not name or os.path.isabs(name) or ".." in name.split("/"):
+        if not name or os.path.isabs(name) or ".." in name.split("/") or "\0" in name:
             raise ValueError(
                 f"bad sandbox name {name!r} for {self.local_path}: use a relative name"
             )
@@ -156,8 +157,10 @@ class Task:
             {str(k): str(v) for k, v in env.items()} if env else _NO_ENV)
         self.input_files = _coerce_files(input_files)
         self.output_files = _coerce_files(output_files)
-        if timeout is not None and (not isinstance(timeout, (int, float)) or timeout <= 0):
-            raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
+        if timeout is not None and (not isinstance(timeout, (int, float))
+                                    or not 0 < timeout < math.inf):
+            raise ValueError(f"timeout must be a positive, finite number of seconds, got "
+                             f"{timeout!r}")
         self.timeout = float(timeout) if timeout else 0.0
         if tag is not None:
             self.tag = tag

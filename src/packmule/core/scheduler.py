@@ -20,13 +20,22 @@ import heapq
 import itertools
 import math
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
 from ..resources import ZERO, Resources, maximum
 from .categories import AllocationMode, Attempt, Category, CategoryConfig
-from .states import ALLOWED_TRANSITIONS, InvalidTransition, TaskState, Verdict
+from .states import (
+    ALLOWED_TRANSITIONS,
+    FINAL_STATES,
+    Failure,
+    InvalidTransition,
+    Outcome,
+    Ruling,
+    TaskState,
+    Verdict,
+)
 from .waiting import ShapeQueue, WaitingTasks
 from .workers import PREFETCH_MAX, Need, Shape, WorkerPool, WorkerRecord
 
@@ -40,6 +49,8 @@ __all__ = [
     "SCHEDULE_DEPTH",
     "Assignment",
     "ManagerState",
+    "Outcome",
+    "Ruling",
     "TaskRecord",
     "Unplaceable",
     "WorkerRecord",
@@ -71,6 +82,17 @@ MAX_EXHAUSTIONS = 10
 #: tasks; a longer task gains nothing and could wait on one busy worker while
 #: another frees up, so it waits in the manager instead.
 PREFETCH_WALL_TIME = 0.1
+
+#: The core's rulings, made once (one is returned per result).
+_DONE = Ruling(Verdict.DONE)
+_RETRY = Ruling(Verdict.RETRY)
+_REQUEUED = Ruling(Verdict.REQUEUED)
+_STALE = Ruling(Verdict.STALE)
+_FAILED_TASK = Ruling(Verdict.FAILED, Failure.TASK)
+_FAILED_EXHAUSTED = Ruling(Verdict.FAILED, Failure.EXHAUSTED)
+_FATAL = Ruling(Verdict.FAILED, Failure.FATAL)
+_GAVE_UP = Ruling(Verdict.FAILED, Failure.REQUEUES)
+_UNUSABLE = Ruling(Verdict.FAILED, Failure.UNUSABLE)
 
 #: One entry of a task's history: (time, from, to, why, arguments for why).
 _Entry = tuple[float, TaskState, TaskState, str, tuple[object, ...]]
@@ -264,70 +286,131 @@ class ManagerState:
             return None
         return t
 
+    def result(
+        self, task_id: int, attempt: int, outcome: Outcome, now: float,
+        worker: str | None = None, *, measured: Resources | None = None,
+        wall_time: float = 0.0, cores: float | None = None, exceeded: Sequence[str] = (),
+        why: str = "",
+    ) -> Ruling:
+        """An attempt ended with ``outcome``: the one event for every kind of result.
+
+        Returns what to do about it: DONE (deliver the value), RETRY or REQUEUED
+        (back in the queue: nothing to deliver), FAILED with the :class:`Failure`
+        that names the user's error, or STALE when ``attempt`` is not the task's
+        running attempt (or, given ``worker``, runs elsewhere): the result is
+        discarded and nothing changes. ``measured`` (what the attempt used, with
+        ``wall_time`` and ``cores``) is learned from by the task's category when
+        the outcome says the attempt ran; ``exceeded`` names the resources an
+        EXHAUSTED attempt went over; ``why`` goes into the task's history.
+        """
+        t = self._current(task_id, attempt, worker)
+        if t is None:
+            return _STALE
+        if outcome is Outcome.SUCCEEDED or outcome is Outcome.RAISED:
+            ruling = self._ran(t, outcome is Outcome.SUCCEEDED, now, measured, wall_time, cores)
+        elif outcome is Outcome.BROKE:
+            ruling = self._ran(t, False, now, None, wall_time, cores)
+        elif outcome is Outcome.EXHAUSTED:
+            ruling = self._exhausted(t, exceeded, now, measured, wall_time, cores)
+        elif outcome is Outcome.FATAL:
+            self._release(t)
+            if measured is not None:
+                self._learn(t, measured, wall_time, cores)
+            self._move(t, TaskState.FAILED, now, "failed for good: %s", why)
+            ruling = _FATAL
+        elif outcome is Outcome.FORSAKEN:
+            ruling = self._requeue(t, now, why or "handed back", _GAVE_UP)
+        elif outcome is Outcome.UNUSABLE:
+            ruling = self._unusable(t, now, why)
+        else:
+            raise ValueError(f"unknown outcome {outcome!r}")
+        self._check()
+        return ruling
+
     def complete(
         self, task_id: int, attempt: int, success: bool, now: float, worker: str | None = None,
         measured: Resources | None = None, wall_time: float = 0.0, cores: float | None = None,
     ) -> Verdict:
-        """An attempt ended: ``success`` false means the task itself failed.
-
-        A result for any other than the current attempt (or from a worker other
-        than the one running it) is STALE and changes nothing.
-        """
-        t = self._current(task_id, attempt, worker)
-        if t is None:
-            return Verdict.STALE
-        self._release(t)
-        if measured is not None:
-            cat = self.category(t.category)
-            cat.record(measured, wall_time, False, cores=cores, task_key=t.id)
-            self._learned(cat)
-        if success:
-            self._move(t, TaskState.DONE, now, "succeeded")
-            verdict = Verdict.DONE
-        elif t.retries_left is None or t.retries_left > 0:
-            if t.retries_left is not None:
-                t.retries_left -= 1
-            self._move(t, TaskState.WAITING, now, "failed, retrying (%s left)", t.retries_left)
-            self._enqueue(t)
-            verdict = Verdict.RETRY
-        else:
-            self._move(t, TaskState.DONE, now, "failed")
-            verdict = Verdict.FAILED
-        self._check()
-        return verdict
+        """An attempt ran to its end: ``success`` false means the task's code failed
+        (:meth:`result` with SUCCEEDED or RAISED)."""
+        return self.result(task_id, attempt, Outcome.SUCCEEDED if success else Outcome.RAISED,
+                           now, worker, measured=measured, wall_time=wall_time,
+                           cores=cores).verdict
 
     def forsake(
         self, task_id: int, attempt: int, now: float, why: str, worker: str | None = None,
         avoid: bool = False,
     ) -> Verdict:
-        """The attempt ended through no fault of the task (worker could not run it);
-        with ``avoid``, that worker never can, and the task is not placed there again."""
-        t = self._current(task_id, attempt, worker)
-        if t is None:
-            return Verdict.STALE
-        if avoid and t.worker is not None:
-            t.avoid = t.avoid | {t.worker}
-        verdict = self._requeue(t, now, why)
-        self._check()
-        return verdict
-
-    def _requeue(self, t: TaskRecord, now: float, why: str) -> Verdict:
-        self._release(t)
-        t.requeues += 1
-        if t.requeues > MAX_REQUEUES:
-            self._move(t, TaskState.DONE, now, "%s; gave up after %d requeues", why,
-                       MAX_REQUEUES)
-            return Verdict.FAILED
-        self._move(t, TaskState.WAITING, now, why)
-        self._enqueue(t)
-        return Verdict.REQUEUED
+        """The attempt ended through no fault of the task (:meth:`result` with FORSAKEN, or
+        with ``avoid`` UNUSABLE: that worker never can run it)."""
+        return self.result(task_id, attempt, Outcome.UNUSABLE if avoid else Outcome.FORSAKEN,
+                           now, worker, why=why).verdict
 
     def exhausted(
         self, task_id: int, attempt: int, exceeded: list[str], now: float,
         worker: str | None = None, measured: Resources | None = None,
         wall_time: float = 0.0, cores: float | None = None,
     ) -> Verdict:
-        """The attempt was killed for using more of ``exceeded`` than it was allocated.
+        """The attempt was killed for using more of ``exceeded`` than it was allocated
+        (:meth:`result` with EXHAUSTED)."""
+        return self.result(task_id, attempt, Outcome.EXHAUSTED, now, worker, measured=measured,
+                           wall_time=wall_time, cores=cores, exceeded=exceeded).verdict
+
+    def _learn(self, t: TaskRecord, measured: Resources, wall_time: float,
+               cores: float | None) -> None:
+        cat = self.category(t.category)
+        cat.record(measured, wall_time, False, cores=cores, task_key=t.id)
+        self._learned(cat)
+
+    def _ran(self, t: TaskRecord, success: bool, now: float, measured: Resources | None,
+             wall_time: float, cores: float | None) -> Ruling:
+        """Success, or the task's own failure: a retry while it has some, else FAILED."""
+        self._release(t)
+        if measured is not None:
+            self._learn(t, measured, wall_time, cores)
+        if success:
+            self._move(t, TaskState.DONE, now, "succeeded")
+            return _DONE
+        if t.retries_left is None or t.retries_left > 0:
+            if t.retries_left is not None:
+                t.retries_left -= 1
+            self._move(t, TaskState.WAITING, now, "failed, retrying (%s left)", t.retries_left)
+            self._enqueue(t)
+            return _RETRY
+        self._move(t, TaskState.FAILED, now, "failed")
+        return _FAILED_TASK
+
+    def _requeue(self, t: TaskRecord, now: float, why: str, capped: Ruling) -> Ruling:
+        """Back in the queue through no fault of its own, or ``capped`` past the requeue cap."""
+        self._release(t)
+        t.requeues += 1
+        if t.requeues > MAX_REQUEUES:
+            self._move(t, TaskState.FAILED, now, "%s; gave up after %d requeues", why,
+                       MAX_REQUEUES)
+            return capped
+        self._move(t, TaskState.WAITING, now, why)
+        self._enqueue(t)
+        return _REQUEUED
+
+    def _unusable(self, t: TaskRecord, now: float, why: str) -> Ruling:
+        """The worker can never run the task: elsewhere, if any connected worker is left
+        that it has not found unusable; else it fails."""
+        worker = t.worker
+        if worker is not None:
+            t.avoid = t.avoid | {worker}
+        # Connected workers it may still use: the count costs the avoided ones, not the pool.
+        workers = self.pool.workers
+        if len(workers) > sum(1 for w in t.avoid if w in workers):
+            return self._requeue(t, now, why or "unusable there", _UNUSABLE)
+        self._release(t)
+        self._move(t, TaskState.FAILED, now, "%s; no other worker to run it", why)
+        return _UNUSABLE
+
+    def _exhausted(
+        self, t: TaskRecord, exceeded: Sequence[str], now: float, measured: Resources | None,
+        wall_time: float, cores: float | None,
+    ) -> Ruling:
+        """Killed for using more of ``exceeded`` than it was allocated.
 
         A resource the task (or its category's max) gave explicitly is a hard
         limit: the task FAILS. Otherwise it RETRIES at once, ahead of the other
@@ -335,9 +418,6 @@ class ManagerState:
         much; at most the largest worker's), and FAILS only when it already
         had the largest worker's worth of what it exceeded.
         """
-        t = self._current(task_id, attempt, worker)
-        if t is None:
-            return Verdict.STALE
         had = t.allocation or ZERO
         self._release(t)
         cat = self.category(t.category)
@@ -355,23 +435,20 @@ class ManagerState:
         self._learned(cat)
         what = ", ".join(exceeded)
         if give_up:
-            self._move(t, TaskState.DONE, now, "exceeded %s", what)
-            verdict = Verdict.FAILED
-        else:
-            t.label = Attempt.MAX
-            t.exceeded = tuple(exceeded)
-            t.measured_before = used if t.measured_before is None else maximum(
-                t.measured_before, used)
-            self._move(t, TaskState.WAITING, now, "exceeded %s; retry bigger", what)
-            self._enqueue(t)
-            verdict = Verdict.RETRY
-        self._check()
-        return verdict
+            self._move(t, TaskState.FAILED, now, "exceeded %s", what)
+            return _FAILED_EXHAUSTED
+        t.label = Attempt.MAX
+        t.exceeded = tuple(exceeded)
+        t.measured_before = used if t.measured_before is None else maximum(
+            t.measured_before, used)
+        self._move(t, TaskState.WAITING, now, "exceeded %s; retry bigger", what)
+        self._enqueue(t)
+        return _RETRY
 
     def cancel(self, task_id: int, now: float) -> Assignment | None:
         """Cancel a task; returns the running attempt to kill, if any."""
         t = self.tasks.get(task_id)
-        if t is None or t.state in (TaskState.DONE, TaskState.CANCELLED):
+        if t is None or t.state in FINAL_STATES:
             return None
         running = None
         if t.state is TaskState.RUNNING and t.worker is not None and t.allocation is not None:
@@ -385,7 +462,7 @@ class ManagerState:
     def forget(self, task_id: int) -> None:
         """Drop a finished task's record."""
         t = self.tasks.get(task_id)
-        if t is not None and t.state in (TaskState.DONE, TaskState.CANCELLED):
+        if t is not None and t.state in FINAL_STATES:
             del self.tasks[task_id]
             self._counts[t.state] -= 1
             self.category(t.category).forget(task_id)
@@ -421,7 +498,8 @@ class ManagerState:
         for tid in [*w.running, *w.queued]:
             t = self.tasks[tid]
             t.worker = None  # its worker's accounting is gone with it
-            out.append((tid, self._requeue(t, now, f"worker {worker_id} lost: {why}")))
+            ruling = self._requeue(t, now, f"worker {worker_id} lost: {why}", _GAVE_UP)
+            out.append((tid, ruling.verdict))
         self._check()
         return out
 

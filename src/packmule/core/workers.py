@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 
 from ..resources import ZERO, Resources
 from .allocation import box, with_minimum
+from .slots import promote
 from .states import WorkerState
 
 #: Prefetched tasks a worker holds at most: one per task running there, and
@@ -67,8 +68,9 @@ class WorkerRecord:
     #: What is not committed to running attempts, kept up to date by the pool.
     free: Resources = ZERO
     running: dict[int, Resources] = field(default_factory=dict)
-    #: Prefetched attempts, in the order sent: the worker starts each as soon as
-    #: it fits (the same rule as :meth:`WorkerPool.release`), so this mirrors its queue.
+    #: Prefetched attempts, in the order sent: the worker starts each as soon as it
+    #: fits, by the one rule both apply (:func:`~packmule.core.slots.promote`), so this
+    #: mirrors its queue.
     queued: dict[int, Resources] = field(default_factory=dict)
     state: WorkerState = WorkerState.ACTIVE
     #: Where the queue index holds it: (queue length, free cores), or None.
@@ -555,11 +557,10 @@ class WorkerPool:
         if task_id in w.running:
             self._unindex(w)
             self._give(w, w.running.pop(task_id), -1)
-            for tid, queued in list(w.queued.items()):  # start what fits, in the order sent
-                if _fits(queued, w.free):
-                    del w.queued[tid]
-                    w.running[tid] = queued
-                    self._give(w, queued, 1)
+            if w.queued:  # start what fits, in the order sent (the worker's own rule)
+                for tid, alloc in promote(w.queued, w.free):
+                    w.running[tid] = alloc
+                    self._give(w, alloc, 1)
             self._index(w)
         elif task_id in w.queued:
             self._unindex_queue(w)

@@ -15,13 +15,16 @@ import logging
 import math
 import os
 import resource
+import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import zmq
 import zmq.utils.z85
 
+from ..errors import ProtocolError
 from ..protocol import messages as m
+from ..protocol.pieces import Assembler
 from ..protocol.security import derive_keys
 from ..protocol.sockets import HANDSHAKE_FAILED, drain_events, server_socket
 from ..resources import Resources
@@ -47,10 +50,18 @@ RECEIVE_CHUNK = 1000
 FD_CHECK_INTERVAL = 5.0
 #: Open files within this many of the limit count as out of file descriptors.
 FD_MARGIN = 8
+#: Connections open without having sent a message (still in the encrypted handshake,
+#: or silent after it) at most. Beyond, once every message that arrived has been
+#: read, the ones open longest are closed. Before its handshake a connection can make
+#: libzmq hold one frame (at most MAX_FRAME) and two 8 KiB buffers; the cap bounds
+#: that for all of them together, and is far above what thousands of workers
+#: reconnecting at once keep in the handshake (a few hundred: each takes one loop turn).
+HANDSHAKE_CAP = 1000
 # Flags as plain ints: pyzmq's flag enums cost more than the send itself for small messages.
 _NOBLOCK = int(zmq.NOBLOCK)
 _SNDMORE = int(zmq.SNDMORE)
 _RCVMORE = int(zmq.RCVMORE)
+_SRCFD = int(zmq.SRCFD)
 
 
 @dataclass
@@ -61,6 +72,20 @@ class WorkerConn:
     hostname: str
     pid: int
     resources: Resources
+
+
+def _socket_at(fd: int) -> socket.socket | None:
+    """A socket object on a copy of descriptor ``fd`` (libzmq's: closing the copy leaves
+    libzmq's open), or None if ``fd`` is no longer an open socket."""
+    try:
+        dup = os.dup(fd)
+    except OSError:
+        return None
+    try:
+        return socket.socket(fileno=dup)
+    except OSError:
+        os.close(dup)
+        return None
 
 
 def raise_open_files_limit() -> tuple[int, int]:
@@ -86,12 +111,23 @@ class Connections:
         self._fds_said = False
         self._next_fd_check = 0.0
         self._monitoring = True
+        #: Pieces of large messages being joined, per worker (at most MAX_MESSAGE each).
+        self.pieces = Assembler()
+        #: Connections that have sent nothing yet, oldest first: descriptor -> peer address.
+        self._silent: dict[int, object] = {}
+        #: Peers that have sent a message: identity -> descriptor, and back.
+        self._fd_of: dict[bytes, int] = {}
+        self._identity_at: dict[int, bytes] = {}
+        self._closed_silent = 0
+        self._said_silent = False
+        #: Silent connections this side shut down, until libzmq reports them closed.
+        self._shut: set[int] = set()
         self._ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
         self.zap = self._ctx.socket(zmq.REP)
         self.zap.bind("inproc://zeromq.zap.01")
         self.router = server_socket(self._ctx, keys, b"packmule")
         self.monitor = self.router.get_monitor_socket(
-            zmq.EVENT_DISCONNECTED | HANDSHAKE_FAILED)
+            zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED | HANDSHAKE_FAILED)
         try:
             if port:
                 self.router.bind(f"tcp://{host}:{port}")
@@ -121,7 +157,10 @@ class Connections:
         self._ring.append(wid)
 
     def remove(self, wid: str) -> WorkerConn | None:
-        return self.workers.pop(wid, None)  # its ring entry is skipped when reached
+        conn = self.workers.pop(wid, None)  # its ring entry is skipped when reached
+        if conn is not None:
+            self.pieces.forget(conn.identity)
+        return conn
 
     # ---------------------------------------------------------------- sending
     def send(self, wid: str, msg: m.Message) -> bool:
@@ -156,16 +195,100 @@ class Connections:
         out: list[tuple[bytes, list[bytes]]] = []
         router = self.router
         recv = router.recv
+        known = self._fd_of
         for _ in range(RECEIVE_CHUNK):
             try:
                 identity = recv(_NOBLOCK)
             except zmq.Again:
+                if len(self._silent) > HANDSHAKE_CAP:
+                    self._close_silent()
                 return out, True
-            frames = [recv()]  # a message's frames arrive together
+            if identity in known:
+                frames = [recv()]  # a message's frames arrive together
+            else:  # its first message: the connection is out of the handshake
+                first = recv(copy=False)
+                self._spoke(identity, first.get(_SRCFD))
+                frames = [first.bytes]
             while router.getsockopt(_RCVMORE):
                 frames.append(recv())
             out.append((identity, frames))
         return out, False
+
+    def assemble(self, identity: bytes, frames: list[bytes]) -> bytes | bytearray | None:
+        """The encoded message in a message's frames: the one frame, or a whole message
+        once its last :class:`~m.Piece` is in (None before). ProtocolError: frames that
+        are no message, or pieces from a peer that is not a connected worker."""
+        if len(frames) == 1:
+            return frames[0]
+        header = m.decode(frames[0]) if len(frames) == 2 else None
+        if not isinstance(header, m.Piece):
+            raise ProtocolError(f"malformed message: {len(frames)} frames, not one message "
+                                "or one piece of one")
+        if identity.hex() not in self.workers:
+            raise ProtocolError("malformed Piece: pieces come only after the Hello")
+        return self.pieces.add(identity, header, frames[1])
+
+    def address_of(self, identity: bytes) -> str:
+        """The peer's address (host:port) for log lines, as far as it is known."""
+        fd = self._fd_of.get(identity)
+        s = None if fd is None else _socket_at(fd)
+        if s is None:
+            return "address unknown"
+        with s:
+            try:
+                host, port, *_ = s.getpeername()
+            except (OSError, ValueError):
+                return "address unknown"
+        return f"{host}:{port}"
+
+    # ---------------------------------------------------------------- handshakes
+    def _accepted(self, fd: int) -> None:
+        if fd in self._identity_at:
+            return  # its first message was read before this event
+        peer = None
+        s = _socket_at(fd)
+        if s is not None:
+            with s, contextlib.suppress(OSError):
+                peer = s.getpeername()
+        self._silent[fd] = peer
+
+    def _spoke(self, identity: bytes, fd: int) -> None:
+        self._silent.pop(fd, None)
+        self._fd_of[identity] = fd
+        self._identity_at[fd] = identity
+
+    def _closed(self, fd: int) -> bool:
+        """A connection closed; True if it was one that had spoken (maybe a worker)."""
+        if fd in self._silent or fd in self._shut:
+            self._silent.pop(fd, None)
+            self._shut.discard(fd)
+            return False
+        identity = self._identity_at.pop(fd, None)
+        if identity is not None:
+            self._fd_of.pop(identity, None)
+        return True
+
+    def _close_silent(self) -> None:
+        """More than HANDSHAKE_CAP connections have said nothing: close those open
+        longest (each checked to still be the same peer's before it is shut down)."""
+        while len(self._silent) > HANDSHAKE_CAP:
+            fd = next(iter(self._silent))
+            peer = self._silent.pop(fd)
+            self._closed_silent += 1
+            s = None if peer is None else _socket_at(fd)
+            if s is None:
+                continue  # closed since
+            with s, contextlib.suppress(OSError):
+                if s.getpeername() == peer:
+                    s.shutdown(socket.SHUT_RDWR)  # libzmq sees it closed and cleans up
+                    self._shut.add(fd)
+        if self._closed_silent and not self._said_silent:
+            self._said_silent = True
+            log.error(
+                "more than %d connections to port %d were open without completing the "
+                "encrypted handshake; closed the oldest. Something other than workers is "
+                "connecting (a scanner, or an attack). (Logged once.)", HANDSHAKE_CAP,
+                self.port)
 
     def answer_zap(self) -> None:
         """ZAP: admit only CURVE clients holding the key derived from the shared secret
@@ -191,9 +314,11 @@ class Connections:
         """Act on the monitor's events: closed connections start probe sweeps; failed
         handshakes are said once."""
         closed = False
-        for event, _value in drain_events(self.monitor):
-            if event == zmq.EVENT_DISCONNECTED:
-                closed = True
+        for event, value in drain_events(self.monitor):
+            if event == zmq.EVENT_ACCEPTED:
+                self._accepted(value)
+            elif event == zmq.EVENT_DISCONNECTED:
+                closed |= self._closed(value)  # one that never spoke was no worker
             elif event & HANDSHAKE_FAILED:
                 self._handshake_failures += 1
                 if self._handshake_failures == 1:

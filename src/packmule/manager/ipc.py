@@ -24,6 +24,12 @@ from ..errors import ProtocolError
 from ..resources import Resources
 from ..task import File
 
+#: The loop's log file, in the run directory: what it logs at INFO and above, and the
+#: traceback of an internal error or a fatal signal.
+LOOP_LOG = "manager.log"
+#: The loop process's exit code after an internal error (``EX_SOFTWARE``).
+EXIT_CRASHED = 70
+
 if TYPE_CHECKING:
     from ..envpack.build import Pack
 
@@ -160,7 +166,10 @@ class Largest(NamedTuple):
 
 
 class Stopped(NamedTuple):
-    """The loop has shut down; nothing follows."""
+    """The loop has shut down; nothing follows. ``error``: the internal error it stopped
+    on ("" when it was told to stop)."""
+
+    error: str
 
 
 Message = (Submit | Cancel | Call | Stop | Ready | StartFailed | Log | Done | Messages | Reply

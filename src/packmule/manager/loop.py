@@ -22,20 +22,24 @@ from __future__ import annotations
 import collections
 import contextlib
 import errno
+import faulthandler
 import logging
+import logging.handlers
+import os
 import pickle
 import signal
 import socket
 import sys
 import time
 from multiprocessing.connection import Connection
+from pathlib import Path
 from typing import Any
 
 import zmq
 
 from .._version import __version__
 from ..core.scheduler import MAX_REQUEUES, Assignment, ManagerState
-from ..core.states import Verdict
+from ..core.states import Failure, Outcome, Verdict
 from ..errors import (
     FileTransferError,
     PackError,
@@ -61,6 +65,8 @@ SCHEDULE_LIMIT = 512
 STOP_GRACE = 0.2
 #: How long messages already sent (Exit among them) may take to leave at shutdown (s).
 STOP_LINGER = 2.0
+#: The loop's log file is rotated at this size (one old file kept): it stays bounded.
+LOG_BYTES = 10_000_000
 #: Joins and losses logged one by one per second at most; beyond, one line says how many.
 EVENTS_LOGGED_PER_S = 10
 #: Distinct requests, priorities and time limits shared between jobs, at most (then the
@@ -68,6 +74,17 @@ EVENTS_LOGGED_PER_S = 10
 SHARED_MAX = 10_000
 #: The environment of tasks that set none (shared, never changed).
 _NO_ENV: dict[str, str] = {}
+#: What each status a worker reports means to the core's outcome policy.
+_OUTCOMES = {
+    m.TaskStatus.SUCCESS: Outcome.SUCCEEDED,
+    m.TaskStatus.EXCEPTION: Outcome.RAISED,
+    m.TaskStatus.TIMEOUT: Outcome.BROKE,
+    m.TaskStatus.CRASHED: Outcome.BROKE,
+    m.TaskStatus.SETUP_ERROR: Outcome.BROKE,
+    m.TaskStatus.EXHAUSTED: Outcome.EXHAUSTED,
+    m.TaskStatus.FORSAKEN: Outcome.FORSAKEN,
+    m.TaskStatus.PACK_ERROR: Outcome.UNUSABLE,
+}
 
 
 class _Tally:
@@ -139,7 +156,9 @@ class Loop:
             self._tell(ipc.Largest(largest))
 
     # ================================================================ the I/O loop
-    def run(self) -> None:
+    def run(self) -> bool:
+        """Serve until told to stop, or the Manager's process is gone; True if it stopped
+        on an internal error (a bug in packmule: the traceback is logged)."""
         net, core = self.net, self.core
         fd = self.conn.fileno()
         poller = zmq.Poller()
@@ -151,6 +170,7 @@ class Loop:
         lease_step = self.cfg.heartbeat_interval / HEARTBEAT_SLICES
         next_lease = time.monotonic() + lease_step
         busy = False  # more to read, or to schedule, than one turn does
+        crash: Exception | None = None
         try:
             while not self._stopping:
                 now = time.monotonic()
@@ -186,10 +206,14 @@ class Loop:
                 if core.changed:
                     self._schedule(now)
                 busy = not drained or core.changed
-        except Exception:
-            log.exception("packmule manager loop crashed; failing all unfinished tasks")
+        except Exception as exc:
+            crash = exc
+            log.exception("the packmule manager's loop stopped on an internal error (a bug in "
+                          "packmule: please report it with this log); unfinished tasks fail "
+                          "with ManagerCrashed")
         finally:
-            self._stop(time.monotonic())
+            self._stop(time.monotonic(), crash)
+        return crash is not None
 
     # ---------------------------------------------------------------- from the Manager
     def _commands(self, now: float) -> bool:
@@ -286,21 +310,19 @@ class Loop:
         received, drained = self.net.receive()
         for identity, frames in received:
             wid = identity.hex()
-            if len(frames) != 1:
-                log.warning("dropped a malformed message from %s (%d frames)", wid,
-                            len(frames) + 1)
-                continue
-            data = frames[0]
+            data = None
             try:
+                data = self.net.assemble(identity, frames)
+                if data is None:
+                    continue  # a piece of a message still being joined
                 msg = m.decode(data)
             except ProtocolError as exc:
-                versions = m.hello_versions(data) if wid not in self.net.workers else None
+                versions = (m.hello_versions(data) if data is not None
+                            and wid not in self.net.workers else None)
                 if versions is not None and versions[0] != m.PROTOCOL_VERSION:
                     self._refuse_version(identity, wid, *versions)
                     continue
-                log.warning("worker %s sent a malformed message (%s); disconnecting it", wid, exc)
-                self.net.reject(identity, f"malformed message: {exc}")
-                self._lose_worker(wid, now, "protocol error")
+                self._malformed(identity, wid, now, exc)
                 continue
             if wid not in self.net.workers:
                 self._hello(identity, wid, msg, now)
@@ -308,6 +330,16 @@ class Loop:
                 self.core.seen(wid, now)
                 self._from_worker(identity, wid, msg, now)
         return drained
+
+    def _malformed(self, identity: bytes, wid: str, now: float, exc: ProtocolError) -> None:
+        """A peer sent what is not a valid message: it alone is disconnected, with one
+        log line naming it and the field."""
+        self.net.reject(identity, f"{exc}; check that the worker runs packmule {__version__}")
+        if wid in self.net.workers:
+            self._lose_worker(wid, now, f"sent an invalid message ({exc}); disconnected it")
+        else:
+            log.warning("peer %s (%s) sent an invalid message (%s); disconnected it", wid[:12],
+                        self.net.address_of(identity), exc)
 
     def _from_worker(self, identity: bytes, wid: str, msg: m.Message, now: float) -> None:
         if isinstance(msg, m.Results):
@@ -404,44 +436,32 @@ class Loop:
 
     # ---------------------------------------------------------------- results
     def _result(self, wid: str, r: m.TaskResult, now: float) -> None:
+        """An attempt ended: the core rules on it; this carries the ruling out."""
         S = m.TaskStatus
         core = self.core
-        if r.status is S.FORSAKEN:
-            verdict = core.forsake(r.task_id, r.attempt, now, r.message, worker=wid)
-            if verdict is Verdict.FAILED:
-                self._finish_error(r.task_id, WorkerLost(
-                    f"task {r.task_id} could not be run: its workers handed it back "
-                    f"{MAX_REQUEUES + 1} times (last: {r.message})", r.task_id))
-            return
-        if r.status is S.PACK_ERROR and core.current(r.task_id, r.attempt, wid):
-            # That worker cannot use the task's pack; another one may.
-            t = core.tasks[r.task_id]
-            if any(w != wid and w not in t.avoid for w in self.net.workers):
-                verdict = core.forsake(r.task_id, r.attempt, now, r.message, worker=wid,
-                                       avoid=True)
-                if verdict is not Verdict.FAILED:
-                    return
-            core.cancel(r.task_id, now)
-            self._finish_error(r.task_id, PackError(f"task {r.task_id}: {r.message}"))
-            return
-        measured = measured_resources(r)
-        cores = r.measured.get("cores")
-        if r.status is S.EXHAUSTED:
-            verdict = core.exhausted(r.task_id, r.attempt, r.exceeded, now, worker=wid,
-                                     measured=measured, wall_time=r.wall_time, cores=cores)
-        else:
-            ran = r.status in (S.SUCCESS, S.EXCEPTION)
-            verdict = core.complete(r.task_id, r.attempt, r.status is S.SUCCESS, now,
-                                    worker=wid, measured=measured if ran else None,
-                                    wall_time=r.wall_time, cores=cores)
+        outcome = _OUTCOMES[r.status]
+        why = r.message
+        job = self._jobs.get(r.task_id)
+        written: FileTransferError | None = None
+        if (outcome is Outcome.SUCCEEDED and job is not None and job.output_files
+                and core.current(r.task_id, r.attempt, wid)):
+            try:  # before the ruling: a declared output missing fails the task at once
+                self._write_outputs(job, r)
+            except FileTransferError as exc:
+                outcome, why, written = Outcome.FATAL, str(exc), exc
+        verdict, failed = core.result(
+            r.task_id, r.attempt, outcome, now, wid, measured=measured_resources(r),
+            wall_time=r.wall_time, cores=r.measured.get("cores"), exceeded=r.exceeded, why=why)
         if verdict is Verdict.STALE:
             log.debug("discarded a stale result of task %d attempt %d", r.task_id, r.attempt)
             return
-        self._log_attempt(wid, r)
-        if r.messages and self.cfg.forward_messages:
-            self._tell(ipc.Messages(r.messages))
-        job = self._jobs.get(r.task_id)
+        if r.status is not S.FORSAKEN and r.status is not S.PACK_ERROR:
+            self._log_attempt(wid, r)
+            if r.messages and self.cfg.forward_messages:
+                self._tell(ipc.Messages(r.messages))
         if job is None:
+            return
+        if verdict is Verdict.REQUEUED:
             return
         conn = self.net.workers.get(wid)
         attrs = self._attrs.setdefault(r.task_id, {})
@@ -452,16 +472,22 @@ class Loop:
         if verdict is Verdict.RETRY:
             log.info("task %d attempt %d failed (%s); retrying",
                      r.task_id, r.attempt, r.status.value)
-            return
-        if verdict is Verdict.DONE:
-            try:
-                self._write_outputs(job, r)
-            except FileTransferError as exc:
-                self._finish_error(r.task_id, exc)
-                return
+        elif verdict is Verdict.DONE:
             self._deliver(r.task_id, True, job.kind, r.value)
-        elif r.status is m.TaskStatus.EXCEPTION:  # the user's own: unpickled by the Manager
-            self._deliver(r.task_id, False, "exception", r.value)
+        elif failed is Failure.TASK and r.status is S.EXCEPTION:
+            self._deliver(r.task_id, False, "exception", r.value)  # unpickled by the Manager
+        elif failed is Failure.REQUEUES:
+            self._finish_error(r.task_id, WorkerLost(
+                f"task {r.task_id} could not be run: its workers handed it back "
+                f"{MAX_REQUEUES + 1} times (last: {r.message}). Check that its resource "
+                "request fits the workers, and the workers' logs", r.task_id))
+        elif failed is Failure.UNUSABLE:
+            self._finish_error(r.task_id, PackError(
+                f"task {r.task_id}: {r.message}. No connected worker could run it (each one "
+                f"tried, up to {MAX_REQUEUES + 1}, failed this way): fix the pack (see the "
+                "workers' logs), or connect workers that can use it"))
+        elif written is not None:
+            self._finish_error(r.task_id, written)
         else:
             self._finish_error(r.task_id, failure(job, r, attrs.get("allocation")))
 
@@ -552,18 +578,18 @@ class Loop:
                     self._lose_worker(a.worker, now, "connection closed")
                     return None  # its tasks were requeued
             except OSError as exc:
-                self.core.cancel(a.task_id, now)
-                self._finish_error(a.task_id, PackError(
-                    f"cannot send the environment pack {pack.path} of task {a.task_id}: "
-                    f"{exc}. Delete it (and its .json) from the pack cache to have it rebuilt"))
+                why = (f"cannot send the environment pack {pack.path} of task {a.task_id}: "
+                       f"{exc}. Delete it (and its .json) from the pack cache to have it rebuilt")
+                self.core.result(a.task_id, a.attempt, Outcome.FATAL, now, a.worker, why=why)
+                self._finish_error(a.task_id, PackError(why))
                 return None
         try:
             inputs = self.transfers.inputs(a.worker, job.input_files, send)
         except OSError as exc:
-            self.core.cancel(a.task_id, now)
-            self._finish_error(a.task_id, FileTransferError(
-                f"cannot read input file of task {a.task_id}: {exc}; it must stay readable "
-                "until the task has started", a.task_id))
+            why = (f"cannot read input file of task {a.task_id}: {exc}; it must stay readable "
+                   "until the task has started")
+            self.core.result(a.task_id, a.attempt, Outcome.FATAL, now, a.worker, why=why)
+            self._finish_error(a.task_id, FileTransferError(why, a.task_id))
             return None
         if inputs is None:
             self._lose_worker(a.worker, now, "connection closed")
@@ -585,21 +611,24 @@ class Loop:
         )
 
     # ---------------------------------------------------------------- shutdown
-    def _stop(self, now: float) -> None:
+    def _stop(self, now: float, crash: Exception | None = None) -> None:
         """Tell workers to exit (once the monitor is off: thousands of closing connections
-        must not fill its pipe), fail what is unfinished, and close within seconds."""
+        must not fill its pipe), fail what is unfinished, and close within seconds.
+
+        After an internal error (``crash``) the core is not trusted: unfinished tasks are
+        left to the Manager, which fails them with ManagerCrashed."""
         self._stopping = True
         net = self.net
         net.stop_monitoring()
         if self.cfg.shutdown_workers:
             for wid in list(net.workers):
                 net.send(wid, m.Exit("the manager is shutting down"))
-        for tid in list(self._jobs):
+        for tid in list(self._jobs) if crash is None else ():
             self.core.cancel(tid, now)
             self._finish_error(
                 tid, TaskCancelled(f"task {tid} did not finish before the manager shut down", tid)
             )
-        if self.cfg.shutdown_workers:
+        if self.cfg.shutdown_workers and crash is None:
             deadline = time.monotonic() + STOP_GRACE
             while time.monotonic() < deadline:  # workers connecting now are told to exit
                 if not net.router.poll(max(1, int((deadline - time.monotonic()) * 1000))):
@@ -609,30 +638,59 @@ class Loop:
         self._tally.flush()
         net.close(linger=STOP_LINGER)
         self.tasklog.close()
-        self._tell(ipc.Stopped())
+        self._tell(ipc.Stopped("" if crash is None else f"{type(crash).__name__}: {crash}"))
+
+
+def _log_to_file(run_dir: Path) -> logging.Handler | None:
+    """The loop's log file (see :data:`ipc.LOOP_LOG`), and fatal signals' tracebacks in it."""
+    path = run_dir / ipc.LOOP_LOG
+    try:
+        handler = logging.handlers.RotatingFileHandler(path, maxBytes=LOG_BYTES, backupCount=1)
+        faulthandler.enable(open(path, "a"))  # noqa: SIM115 (open while the process lives)
+    except OSError as exc:
+        log.warning("cannot write the manager's log %s: %s", path, exc)
+        return None
+    handler.setFormatter(logging.Formatter(
+        f"%(asctime)s %(levelname)s %(name)s [pid {os.getpid()}] %(message)s"))
+    handler.setLevel(logging.INFO)
+    return handler
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m packmule.manager FD``: serve the Manager on socket FD."""
+    """``python -m packmule.manager FD``: serve the Manager on socket FD. Exits 0 when
+    told to stop (or the Manager's process is gone), :data:`ipc.EXIT_CRASHED` after an
+    internal error, 1 when it could not start."""
     argv = sys.argv[1:] if argv is None else argv
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the Manager's to handle
     conn = Connection(socket.socket(fileno=int(argv[0])).detach())
     outbox = ipc.Outbox(conn.fileno())
     cfg: ipc.Config = conn.recv()
     logger = logging.getLogger("packmule")
-    logger.setLevel(cfg.log_level)
-    logger.addHandler(ipc.ForwardLogs(outbox))
+    forward = ipc.ForwardLogs(outbox)
+    forward.setLevel(cfg.log_level)
+    logger.addHandler(forward)
     logger.propagate = False
+    logger.setLevel(cfg.log_level)
+    to_file = _log_to_file(cfg.run_dir)
+    if to_file is not None:
+        logger.addHandler(to_file)
+        logger.setLevel(min(cfg.log_level, logging.INFO))
     try:
         loop = Loop(conn, outbox, cfg)
-    except OSError as exc:
-        outbox.put(ipc.StartFailed(exc.errno or errno.EADDRINUSE, str(exc)))
+    except Exception as exc:
+        log.error("the manager's loop cannot start: %s", exc)
+        number = exc.errno if isinstance(exc, OSError) and exc.errno else errno.EIO
+        outbox.put(ipc.StartFailed(number, str(exc)))
         outbox.close(timeout=10)
         return 1
     outbox.put(ipc.Ready(loop.port))
+    crashed = True
     try:
-        loop.run()
+        crashed = loop.run()
+    except BaseException:
+        log.exception("the packmule manager's loop failed while stopping")
+        raise
     finally:
         with contextlib.suppress(Exception):
             outbox.close(timeout=30)
-    return 0
+    return ipc.EXIT_CRASHED if crashed else 0

@@ -17,6 +17,7 @@ import errno
 import itertools
 import logging
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -32,7 +33,17 @@ from typing import Any
 
 from ..core.categories import STEADY_N, AllocationMode, CategoryConfig
 from ..envpack import Pack
-from ..errors import FileTransferError, ProtocolError, SerializationError, TaskCancelled
+from ..errors import (
+    FileTransferError,
+    ManagerClosed,
+    ManagerCrashed,
+    ManagerStartError,
+    ManagerTimeout,
+    ProtocolError,
+    SerializationError,
+    TaskCancelled,
+    TaskError,
+)
 from ..protocol.security import load_secret, write_new_password_file
 from ..resources import Resources
 from ..serialize import loads, loads_exception
@@ -53,6 +64,10 @@ HEARTBEAT_INTERVAL = 5.0
 LEASE = 30.0
 #: How long the manager's loop may take to start, or to answer a call.
 LOOP_TIMEOUT = 60.0
+#: After the loop's connection closed without a goodbye, how long to wait for its exit
+#: code before failing the unfinished tasks with ManagerCrashed (it exits at once when
+#: killed: the connection closes as it exits).
+CRASH_WAIT = 0.5
 
 __all__ = ["HEARTBEAT_INTERVAL", "LEASE", "Manager", "ManagerStats"]
 
@@ -69,7 +84,12 @@ class Manager:
     ``$PACKMULE_RADIO_DIR`` (the Parsl executor's monitoring radio).
     ``default_category`` is the allocation policy of categories not
     configured with :meth:`configure_category` (default: FIXED, nothing
-    learned). Every finished attempt is logged to ``run_dir/tasks.jsonl``.
+    learned). Every finished attempt is logged to ``run_dir/tasks.jsonl``, and
+    the loop's own log goes to ``run_dir/manager.log`` (:attr:`loop_log`).
+    Its own errors derive from :class:`~packmule.errors.ManagerError`: it cannot
+    start (:class:`~packmule.errors.ManagerStartError`, an ``OSError``), it was
+    shut down (``ManagerClosed``), or its loop process died (``ManagerCrashed``,
+    which unfinished futures then raise).
     ``prefetch``: send short tasks (typically under 0.1 s in their category)
     to busy workers ahead of time, to start the moment room frees there.
     ``pack_cache`` is where environment packs are built (default
@@ -97,12 +117,24 @@ class Manager:
                 f"need heartbeat_interval > 0 and lease >= 2 x interval, got "
                 f"{heartbeat_interval} and {lease}"
             )
-        self.run_dir = Path(run_dir) if run_dir else Path(tempfile.mkdtemp(prefix="packmule-"))
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        secret = load_secret(password_file)
+        try:
+            self.run_dir = (Path(run_dir) if run_dir
+                            else Path(tempfile.mkdtemp(prefix="packmule-")))
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ManagerStartError(
+                exc.errno, f"cannot create the manager's run directory {run_dir or '(temp)'}: "
+                f"{exc.strerror or exc}; pass run_dir= a directory this user can write") from exc
+        secret = load_secret(password_file)  # AuthenticationError: unreadable or empty
         if secret is None:
             password_file = self.run_dir / "password"
-            secret = write_new_password_file(Path(password_file))
+            try:
+                secret = write_new_password_file(Path(password_file))
+            except OSError as exc:
+                raise ManagerStartError(
+                    exc.errno, f"cannot write a new password file {password_file}: "
+                    f"{exc.strerror or exc}; pass run_dir= a directory this user can write, "
+                    "or password_file= an existing one") from exc
         self.password_file: Path | None = Path(password_file) if password_file else None
         self._secret = secret
         self.host = host
@@ -125,7 +157,9 @@ class Manager:
         self._replies_lock = threading.Lock()
         self._closed = False  # no more submissions: shut down, or the loop ended
         self._shut_down = False
-        self._end = "the manager shut down"  # why unfinished tasks fail at the end
+        #: Why the loop ended, when it was not told to (it crashed); None while it runs.
+        self._crash: str | None = None
+        self._returncode: int | None = None
 
         ours, theirs = socket.socketpair()
         # The loop imports packmule as this program does (say, from a source tree).
@@ -149,7 +183,7 @@ class Manager:
         if isinstance(started, ipc.StartFailed):
             self._proc.wait()
             self._conn.close()
-            raise OSError(started.errno, started.message)
+            raise ManagerStartError(started.errno, started.message)
         self.port: int = started.port
         #: Outcomes read while a future's callback waited for a reply (see _call).
         self._backlog: collections.deque[ipc.Message] = collections.deque()
@@ -169,20 +203,30 @@ class Manager:
                     return msg
                 else:
                     raise ProtocolError(f"the loop sent {type(msg).__name__} before Ready")
-            why = f"did not start within {LOOP_TIMEOUT:.0f} s"
+            timed_out = True
         except (EOFError, OSError):
-            why = "exited at start (its error is above)"
+            timed_out = False
         self._proc.kill()
-        self._proc.wait()
+        code = self._proc.wait()
         self._conn.close()
-        raise OSError(errno.ECHILD, f"the packmule manager's loop process {why}; check that "
-                                    f"{sys.executable} can import packmule")
+        advice = (f"check that {sys.executable} -m packmule.manager can import packmule; "
+                  f"its error is above (on standard error) or in {self.loop_log}")
+        if timed_out:
+            raise ManagerTimeout(f"the packmule manager's loop process did not start within "
+                                 f"{LOOP_TIMEOUT:.0f} s; {advice}")
+        raise ManagerStartError(errno.ECHILD, f"the packmule manager's loop process exited at "
+                                              f"start ({_ending(code)}); {advice}")
 
     # ================================================================ public API
     @property
     def loop_pid(self) -> int:
         """The process id of the manager's loop process (for monitoring its CPU and memory)."""
         return self._proc.pid
+
+    @property
+    def loop_log(self) -> Path:
+        """The loop process's log file: what it logs, and the traceback if it crashes."""
+        return self.run_dir / ipc.LOOP_LOG
 
     @property
     def address(self) -> str:
@@ -219,7 +263,7 @@ class Manager:
             fut.set_exception(exc)
             return fut
         if self._closed:
-            raise RuntimeError("the manager has been shut down; create a new Manager")
+            raise self._closed_error()
         with self._unfinished_cv:
             self._unfinished[task.id] = task
         if task.pack_functions:
@@ -239,8 +283,7 @@ class Manager:
                          task.input_files, task.output_files, task.timeout, task.pack,
                          task.describe())
         if not self._send(job):
-            self._fail(task, TaskCancelled(
-                f"task {task.id} was submitted while the manager shut down", task.id))
+            self._fail(task, self._end_error(task.id, "was submitted while"))
 
     def _pack_ready(self, task: Task, payload: bytes, pack: Pack) -> None:
         """(Pack thread) the task's pack is built: it joins the queue."""
@@ -358,10 +401,10 @@ class Manager:
         call_id = next(self._calls)
         with self._replies_lock:
             if self._closed or not self._reader.is_alive():
-                raise RuntimeError("the manager is not running")
+                raise self._closed_error()
             self._replies[call_id] = fut
         if not self._send(ipc.Call(call_id, name, args)):
-            raise RuntimeError("the manager is not running")
+            raise self._closed_error()
         if threading.current_thread() is self._reader:
             # A future's callback asks: this thread must read the reply itself;
             # outcomes that come first wait in the backlog.
@@ -375,8 +418,18 @@ class Manager:
             if not fut.done():
                 with self._replies_lock:
                     self._replies.pop(call_id, None)
-                raise TimeoutError(f"the manager's loop did not answer {name} in time")
-        return fut.result(timeout=LOOP_TIMEOUT)
+                raise self._call_timeout(name)
+        try:
+            return fut.result(timeout=LOOP_TIMEOUT)
+        except futures.TimeoutError:  # not the builtin TimeoutError before Python 3.11
+            with self._replies_lock:
+                self._replies.pop(call_id, None)
+            raise self._call_timeout(name) from None
+
+    def _call_timeout(self, name: str) -> ManagerTimeout:
+        return ManagerTimeout(
+            f"the manager's loop (pid {self.loop_pid}) did not answer {name}() within "
+            f"{LOOP_TIMEOUT:.0f} s; it may be overloaded (see its CPU use, and {self.loop_log})")
 
     def _handle(self, msg: ipc.Message) -> bool:
         """Act on one message from the loop; False once it has stopped."""
@@ -396,6 +449,8 @@ class Manager:
         elif isinstance(msg, ipc.Log):
             self._relog(msg)
         elif isinstance(msg, ipc.Stopped):
+            if msg.error or not self._shut_down:
+                self._crash = f"an internal error ({msg.error or 'it stopped on its own'})"
             return False
         else:
             raise ProtocolError(f"the loop sent the Manager a {type(msg).__name__}")
@@ -415,28 +470,57 @@ class Manager:
                     log.exception("packmule could not handle a %s message from its loop",
                                   type(msg).__name__)
         except (EOFError, OSError):
+            # The loop's end of the socket closed without a Stopped: the process died.
             with contextlib.suppress(subprocess.TimeoutExpired):
-                self._proc.wait(timeout=5)
-            self._end = (f"the manager's loop process (pid {self._proc.pid}) ended unexpectedly "
-                         f"(exit code {self._proc.returncode})")
-            log.error("%s; failing the unfinished tasks", self._end)
+                self._proc.wait(timeout=CRASH_WAIT)
+            self._crash = (_ending(self._proc.returncode) if self._proc.returncode is not None
+                           else "it closed its connection and is still running")
         finally:
+            if self._crash is not None:
+                if self._proc.returncode is None:
+                    with contextlib.suppress(subprocess.TimeoutExpired):
+                        self._proc.wait(timeout=CRASH_WAIT)
+                self._returncode = self._proc.returncode
+                log.error("%s", self._closed_error())
             with self._replies_lock:
                 self._closed = True
                 replies = list(self._replies.values())
                 self._replies.clear()
             self._conn.close()
             for fut in replies:
-                fut.set_exception(RuntimeError("the manager has shut down"))
+                fut.set_exception(self._closed_error())
+            if self._crash is not None:
+                self._fail_the_rest()  # at once: a crashed loop has nothing more to say
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self._proc.wait(timeout=30)
             self._fail_the_rest()
+
+    def _closed_error(self) -> ManagerClosed:
+        """What submit() and calls raise once the loop has ended."""
+        if self._crash is None:
+            return ManagerClosed("the manager has been shut down; create a new Manager")
+        return ManagerCrashed(
+            f"the packmule manager's loop process (pid {self._proc.pid}) crashed: "
+            f"{self._crash}. Its log is {self.loop_log}. Unfinished tasks failed; create a "
+            "new Manager and submit them again",
+            None, self._returncode, str(self.loop_log))
+
+    def _end_error(self, tid: int, when: str = "did not finish before") -> TaskError:
+        """The error of a task the loop ended without finishing: TaskCancelled after a
+        shutdown, ManagerCrashed after a crash."""
+        if self._crash is None:
+            return TaskCancelled(f"task {tid} {when} the manager shut down", tid)
+        return ManagerCrashed(
+            f"task {tid} {when} the packmule manager's loop process (pid {self._proc.pid}) "
+            f"crashed: {self._crash}. Its log is {self.loop_log}. Submit the task again to a "
+            "new Manager", tid, self._returncode, str(self.loop_log))
 
     def _fail_the_rest(self) -> None:
         with self._unfinished_cv:
             left = list(self._unfinished.values())
         for task in left:
-            self._fail(task, TaskCancelled(f"task {task.id} did not finish: {self._end}", task.id))
+            assert task.id is not None
+            self._fail(task, self._end_error(task.id))
 
     def _done(self, done: ipc.Done) -> None:
         """A task finished: fill in the Task, then resolve its future."""
@@ -494,3 +578,20 @@ class Manager:
             self._unfinished.pop(tid, None)
             if not self._unfinished:
                 self._unfinished_cv.notify_all()
+
+
+def _ending(code: int | None) -> str:
+    """How a process ended, from its exit status, for a message."""
+    if code is None:
+        return "it is still running"
+    if code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        hint = " (the kernel's out-of-memory killer sends it too: see dmesg)" if (
+            -code == signal.SIGKILL) else ""
+        return f"killed by {name}{hint}"
+    if code == ipc.EXIT_CRASHED:
+        return f"an internal error (exit code {code})"
+    return f"exit code {code}"

@@ -34,7 +34,7 @@ from parsl.utils import RepresentationMixin
 
 from .. import File, Manager, PythonTask
 from ..core.categories import AllocationMode, CategoryConfig
-from ..errors import SerializationError
+from ..errors import PackmuleError, SerializationError
 from ..protocol.security import read_password_file, write_new_password_file
 from .radio import PackmuleRadio, PackmuleRadioReceiver
 from .spec import parse_spec
@@ -211,12 +211,19 @@ class WorkQueueExecutor(BlockProviderExecutor, RepresentationMixin):
         super().start()
         exec_dir = Path(self.run_dir) / self.label
         exec_dir.mkdir(parents=True, exist_ok=True)
-        if self.project_password_file:
-            self._password_file = Path(self.project_password_file)
-            read_password_file(self._password_file)  # fails early with a clear message
-        else:
-            self._password_file = exec_dir / "password"
-            write_new_password_file(self._password_file)
+        try:
+            if self.project_password_file:
+                self._password_file = Path(self.project_password_file)
+                read_password_file(self._password_file)  # fails early with a clear message
+            else:
+                self._password_file = exec_dir / "password"
+                write_new_password_file(self._password_file)
+        except PackmuleError as exc:  # AuthenticationError: unreadable or empty
+            raise ExecutorError(self, str(exc)) from exc
+        except OSError as exc:
+            raise ExecutorError(self, f"cannot write a new password file {self._password_file}: "
+                                      f"{exc.strerror or exc}; give the executor a run_dir it "
+                                      "can write, or project_password_file") from exc
         local = isinstance(self.provider, LocalProvider)
         if self.address is None:
             if local:
@@ -232,7 +239,7 @@ class WorkQueueExecutor(BlockProviderExecutor, RepresentationMixin):
             self.manager = Manager(port=self.port, password_file=self._password_file, host=host,
                                    run_dir=exec_dir, message_sink=sink,
                                    default_category=self._categories)
-        except OSError as exc:
+        except (OSError, PackmuleError) as exc:  # ManagerStartError, ManagerTimeout, password
             raise ExecutorError(self, str(exc)) from exc
         self.port = self.manager.port
         log.info("%s: packmule manager on %s:%d", self.label, self.address, self.port)

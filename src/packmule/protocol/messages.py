@@ -6,23 +6,29 @@ User payloads (pickled functions, arguments and results) travel as opaque
 
 The connection starts with the worker's :class:`Hello`; the manager answers
 :class:`Welcome` or :class:`Reject` (wrong protocol version, bad size report).
+
+Decoding checks every field of every message for its type and range: the
+checks are compiled from each dataclass's type hints when it is registered
+(bounds in ``Annotated`` hints, else the defaults below), so a new message is
+covered by its definition alone. A message that fails raises
+:class:`ProtocolError` naming the message and the field.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import enum
-import types
 import typing
 from collections.abc import Callable
-from typing import Any, ClassVar, TypeVar, Union
+from typing import Annotated, Any, ClassVar, TypeVar
 
 import msgpack
 
 from ..errors import ProtocolError
 
-#: Bump when a message changes shape; peers of another version are refused.
-PROTOCOL_VERSION = 2
+#: Bump when a message changes shape or a message is added; peers of another version
+#: are refused.
+PROTOCOL_VERSION = 3
 
 
 class TaskStatus(str, enum.Enum):
@@ -46,59 +52,254 @@ class Message:
 
 M = TypeVar("M", bound=type)
 
+# ---------------------------------------------------------------- bounds
+#: Integers travel as signed 64-bit values at most (msgpack's range is wider).
+INT_MAX = 2**63 - 1
+#: The largest float any field may hold (seconds, megabytes, cores: far beyond sense).
+FLOAT_MAX = 1e18
+#: Characters in a string field, unless its hint says otherwise (error messages,
+#: commands and environment values are far shorter: the kernel caps one argument
+#: or environment string at 128 KiB).
+MAX_TEXT = 1 << 20
+#: Characters in a name: ids, digests, host names, file names (Linux's PATH_MAX).
+MAX_NAME = 4096
+#: Items in a list or dict field.
+MAX_ITEMS = 1 << 20
+
+
+@dataclasses.dataclass(frozen=True)
+class Range:
+    """A number field's least and greatest value (in its ``Annotated`` hint)."""
+
+    low: float
+    high: float
+
+
+@dataclasses.dataclass(frozen=True)
+class MaxLen:
+    """The most characters (str) or items (list, dict) a field may hold."""
+
+    n: int
+
+
+@dataclasses.dataclass(frozen=True)
+class OneOf:
+    """The values a string field may take."""
+
+    values: tuple[str, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class Form:
+    """The shape of a string naming a file: ``relative`` (a path inside a sandbox:
+    not absolute, no ``..``), ``file`` (one file name, no ``/``), ``file-or-empty``."""
+
+    kind: str
+
+
+def _relative(s: str) -> bool:
+    return bool(s) and "\0" not in s and not s.startswith("/") and ".." not in s.split("/")
+
+
+def _file(s: str) -> bool:
+    return bool(s) and "\0" not in s and "/" not in s and s not in (".", "..")
+
+
+_FORMS: dict[str, tuple[Callable[[str], bool], str]] = {
+    "relative": (_relative, "a relative path without '..'"),
+    "file": (_file, "a file name (no '/')"),
+    "file-or-empty": (lambda s: not s or _file(s), "empty or a file name (no '/')"),
+}
+
+#: An integer that may be negative (exit codes).
+Signed = Annotated[int, Range(-INT_MAX - 1, INT_MAX)]
+#: An identifier, digest, host name or dict key.
+Name = Annotated[str, MaxLen(MAX_NAME)]
+#: A path inside a task's sandbox.
+SandboxPath = Annotated[str, MaxLen(MAX_NAME), Form("relative")]
+#: Seconds between two events that must not be zero (heartbeats, leases).
+Period = Annotated[float, Range(1e-6, 1e9)]
+
+
+# ---------------------------------------------------------------- registry
 _BY_TAG: dict[int, type[Message]] = {}
-_DECODERS: dict[type, list[Callable[[Any], Any]]] = {}
+#: The messages each side sends: tags 1-9 are a worker's, 10 and up the manager's.
+FROM_WORKER: list[type[Message]] = []
+FROM_MANAGER: list[type[Message]] = []
 _FIELD_NAMES: dict[type, tuple[str, ...]] = {}
+#: Each structure's decoder: checks every field (type and range) and builds it.
 _STRUCTS: dict[type, Callable[[Any], Any]] = {}
+#: Each structure's field hints, as registered (with their ``Annotated`` bounds).
+FIELD_HINTS: dict[type, dict[str, Any]] = {}
 
 
-def _converter(hint: Any) -> Callable[[Any], Any]:
-    """Build a function turning a decoded msgpack value into the hinted type."""
-    origin = typing.get_origin(hint)
-    if dataclasses.is_dataclass(hint):
-        return _struct_decoder(hint)  # type: ignore[arg-type]
+class _Invalid(Exception):
+    """A field failed its check (turned into a :class:`ProtocolError` by :func:`decode`)."""
+
+    def __init__(self, path: str, expected: str, value: Any) -> None:
+        super().__init__(path)
+        self.path, self.expected, self.value = path, expected, value
+
+    def within(self, outer: str) -> _Invalid:
+        self.path = f"{outer}.{self.path}" if self.path else outer
+        return self
+
+    def __str__(self) -> str:
+        v = self.value
+        if isinstance(v, (str, bytes, list, dict)) and len(v) > 40:
+            got = f"{type(v).__name__} of length {len(v)}"
+        else:
+            got = f"{type(v).__name__} {v!r:.80}"
+        where = f"field '{self.path}'" if self.path else "the message"
+        return f"{where} must be {self.expected}, got {got}"
+
+
+def _unwrap(hint: Any) -> tuple[Any, list[Any]]:
+    """(the bare type, the bounds of its ``Annotated`` wrapper)."""
+    if typing.get_origin(hint) is Annotated:
+        base, *marks = typing.get_args(hint)
+        inner, more = _unwrap(base)
+        return inner, [*more, *marks]
+    return hint, []
+
+
+def _num(v: int) -> str:
+    return {INT_MAX: "2**63-1", -INT_MAX - 1: "-2**63"}.get(v, str(v))
+
+
+def _describe(hint: Any) -> str:
+    base, _ = _unwrap(hint)
+    origin = typing.get_origin(base)
     if origin is list:
-        (item,) = typing.get_args(hint)
-        conv = _converter(item)
-        return lambda v: [conv(x) for x in v]
-    if origin in (Union, types.UnionType):
-        return _as_is
-    if isinstance(hint, type) and issubclass(hint, enum.Enum):
-        return hint
-    return _as_is
+        return f"list[{_describe(typing.get_args(base)[0])}]"
+    if origin is dict:
+        k, v = typing.get_args(base)
+        return f"dict[{_describe(k)}, {_describe(v)}]"
+    return getattr(base, "__name__", str(base))
 
 
-def _as_is(v: Any) -> Any:
-    return v
+class _Compiler:
+    """Writes the source of a structure's decoder: one ``if`` per check, no calls for
+    plain fields, so that checking costs little on the hot path (results, heartbeats).
+    New fields and messages are covered by their type hints alone."""
 
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+        self.env: dict[str, Any] = {"_Invalid": _Invalid}
+        self._n = 0
 
-def _struct_decoder(cls: type) -> Callable[[Any], Any]:
-    """The decoder of a registered structure (made once per structure)."""
-    got = _STRUCTS.get(cls)
-    if got is not None:
-        return got
-    convs = _DECODERS[cls]
-    n = len(convs)
-    # Only the fields that need converting are touched (most are taken as they are).
-    todo = [(i, c) for i, c in enumerate(convs) if c is not _as_is]
+    def const(self, value: Any) -> str:
+        self._n += 1
+        name = f"_c{self._n}"
+        self.env[name] = value
+        return name
 
-    def decode(v: Any) -> Any:
-        if not isinstance(v, list) or len(v) != n:
-            raise ProtocolError(f"malformed {cls.__name__}: {v!r:.200}")
-        for i, c in todo:
-            v[i] = c(v[i])
-        return cls(*v)
+    def local(self) -> str:
+        self._n += 1
+        return f"_v{self._n}"
 
-    _STRUCTS[cls] = decode
-    return decode
+    def emit(self, ind: int, line: str) -> None:
+        self.lines.append("    " * ind + line)
+
+    def check(self, hint: Any, var: str, path: str, ind: int) -> bool:
+        """Lines that check ``var`` against ``hint``, converting it in place for enums
+        and structures (then True); ``path``: an expression naming the field."""
+        base, marks = _unwrap(hint)
+        rng = next((b for b in marks if isinstance(b, Range)), None)
+        size = next((b.n for b in marks if isinstance(b, MaxLen)), None)
+        origin = typing.get_origin(base)
+
+        def fail(expected: str) -> str:
+            return f"raise _Invalid({path}, {self.const(expected)}, {var})"
+
+        if base is bool:
+            self.emit(ind, f"if type({var}) is not bool: {fail('a bool')}")
+        elif base is int:
+            lo, hi = (int(rng.low), int(rng.high)) if rng else (0, INT_MAX)
+            self.emit(ind, f"if type({var}) is not int or not {lo} <= {var} <= {hi}: "
+                           f"{fail(f'an int in [{_num(lo)}, {_num(hi)}]')}")
+        elif base is float:
+            flo, fhi = (rng.low, rng.high) if rng else (0.0, FLOAT_MAX)
+            # (NaN and the infinities fail the comparison.)
+            self.emit(ind, f"if (type({var}) is not float and type({var}) is not int) "
+                           f"or not {flo!r} <= {var} <= {fhi!r}: "
+                           f"{fail(f'a finite number in [{flo:g}, {fhi:g}]')}")
+        elif base is str:
+            n = size if size is not None else MAX_TEXT
+            self.emit(ind, f"if type({var}) is not str or len({var}) > {n}: "
+                           f"{fail(f'a str of at most {n} characters')}")
+            for mark in marks:
+                if isinstance(mark, OneOf):
+                    allowed = ", ".join(map(repr, mark.values))
+                    self.emit(ind, f"if {var} not in {self.const(frozenset(mark.values))}: "
+                                   f"{fail('one of ' + allowed)}")
+                elif isinstance(mark, Form):
+                    test, what = _FORMS[mark.kind]
+                    self.emit(ind, f"if not {self.const(test)}({var}): {fail(what)}")
+        elif base is bytes:
+            self.emit(ind, f"if type({var}) is not bytes: {fail('bytes')}")
+        elif isinstance(base, type) and issubclass(base, enum.Enum):
+            values = {e.value: e for e in base}
+            (kind,) = {type(v) for v in values}
+            allowed = ", ".join(repr(v) for v in values)
+            t = self.local()
+            self.emit(ind, f"{t} = {self.const(values)}.get({var}) "
+                           f"if type({var}) is {self.const(kind)} else None")
+            self.emit(ind, f"if {t} is None: {fail('one of ' + allowed)}")
+            self.emit(ind, f"{var} = {t}")
+            return True
+        elif base in _STRUCTS:
+            self.emit(ind, "try:")
+            self.emit(ind + 1, f"{var} = {self.const(_STRUCTS[base])}({var})")
+            self.emit(ind, "except _Invalid as _e:")
+            self.emit(ind + 1, f"raise _e.within({path}) from None")
+            return True
+        elif origin is list:
+            (item,) = typing.get_args(base)
+            n = size if size is not None else MAX_ITEMS
+            self.emit(ind, f"if type({var}) is not list or len({var}) > {n}: "
+                           f"{fail(f'a {_describe(base)} of at most {n} items')}")
+            i, e = self.local(), self.local()
+            self.emit(ind, f"for {i}, {e} in enumerate({var}):")
+            if self.check(item, e, f"'%s[%d]' % ({path}, {i})", ind + 1):
+                self.emit(ind + 1, f"{var}[{i}] = {e}")
+        elif origin is dict:
+            key, value = typing.get_args(base)
+            n = size if size is not None else MAX_ITEMS
+            self.emit(ind, f"if type({var}) is not dict or len({var}) > {n}: "
+                           f"{fail(f'a {_describe(base)} of at most {n} items')}")
+            k, e = self.local(), self.local()
+            self.emit(ind, f"for {k}, {e} in {var}.items():")
+            converts = self.check(key, k, f"'%s (key %r)' % ({path}, {k})", ind + 1)
+            converts |= self.check(value, e, f"'%s[%r]' % ({path}, {k})", ind + 1)
+            if converts:
+                raise TypeError(f"dict keys or values that convert have no wire check: {base}")
+        else:
+            raise TypeError(f"no wire check for the type {base!r}: add one in messages.py")
+        return False
 
 
 def struct(cls: M) -> M:
-    """Register a dataclass as a wire structure (encoded as the list of its fields)."""
-    hints = typing.get_type_hints(cls)
-    fields = dataclasses.fields(cls)
-    _DECODERS[cls] = [_converter(hints[f.name]) for f in fields]
-    _FIELD_NAMES[cls] = tuple(f.name for f in fields)
+    """Register a dataclass as a wire structure (encoded as the list of its fields),
+    and compile its decoder from the field hints."""
+    hints = typing.get_type_hints(cls, include_extras=True)
+    names = tuple(f.name for f in dataclasses.fields(cls))
+    c = _Compiler()
+    args = ", ".join(f"f_{n}" for n in names)
+    c.emit(0, "def decode(v):")
+    c.emit(1, f"if type(v) is not list or len(v) != {len(names)}:")
+    shape = c.const(f"a list of {len(names)} field{'' if len(names) == 1 else 's'} "
+                    f"({cls.__name__})")
+    c.emit(2, f"raise _Invalid('', {shape}, v)")
+    if names:
+        c.emit(1, f"{args}{',' if len(names) == 1 else ''} = v")
+    for n in names:
+        c.check(hints[n], f"f_{n}", repr(n), 1)
+    c.emit(1, f"return {c.const(cls)}({args})")
+    exec("\n".join(c.lines), c.env)  # the source built above from the type hints
+    _STRUCTS[cls] = c.env["decode"]
+    _FIELD_NAMES[cls] = names
+    FIELD_HINTS[cls] = {n: hints[n] for n in names}
     return cls
 
 
@@ -106,11 +307,12 @@ def message(tag: int) -> Callable[[M], M]:
     """Register a message dataclass under a wire tag."""
 
     def wrap(cls: M) -> M:
-        if tag in _BY_TAG:
-            raise RuntimeError(f"duplicate message tag {tag}")
+        if tag in _BY_TAG or tag < 1:
+            raise RuntimeError(f"duplicate or bad message tag {tag}")
         struct(cls)
         cls.TAG = tag  # type: ignore[attr-defined]
         _BY_TAG[tag] = cls
+        (FROM_WORKER if tag < 10 else FROM_MANAGER).append(cls)
         return cls
 
     return wrap
@@ -132,26 +334,25 @@ def encode(msg: Message) -> bytes:
     return msgpack.packb([msg.TAG, *_to_wire(msg)], use_bin_type=True)  # type: ignore[no-any-return]
 
 
-def decode(data: bytes) -> Message:
-    """Parse bytes into a message; anything malformed raises :class:`ProtocolError`."""
+def decode(data: bytes | bytearray | memoryview) -> Message:
+    """Parse bytes into a message, checking every field's type and range; anything
+    malformed raises :class:`ProtocolError` naming the message and the field."""
     try:
         raw = msgpack.unpackb(data, raw=False, strict_map_key=False)
     except Exception as exc:
         raise ProtocolError(f"undecodable message ({len(data)} bytes): {exc}") from None
-    if not isinstance(raw, list) or not raw or not isinstance(raw[0], int):
+    if type(raw) is not list or not raw or type(raw[0]) is not int:
         raise ProtocolError(f"malformed message: {raw!r:.200}")
     cls = _BY_TAG.get(raw[0])
     if cls is None:
-        raise ProtocolError(f"unknown message tag {raw[0]}")
+        raise ProtocolError(f"unknown message tag {raw[0]!r:.30}")
     try:
-        return _struct_decoder(cls)(raw[1:])  # type: ignore[no-any-return]
-    except ProtocolError:
-        raise
-    except Exception as exc:
+        return _STRUCTS[cls](raw[1:])  # type: ignore[no-any-return]
+    except _Invalid as exc:
         raise ProtocolError(f"malformed {cls.__name__}: {exc}") from None
 
 
-def hello_versions(data: bytes) -> tuple[int, str] | None:
+def hello_versions(data: bytes | bytearray | memoryview) -> tuple[int, str] | None:
     """(protocol, packmule version) of a Hello of any protocol version, else None:
     its first fields never change, so a peer of another version is named clearly."""
     try:
@@ -176,8 +377,8 @@ class InputFile:
     :class:`PutFile`); otherwise ``data`` holds the content.
     """
 
-    remote_name: str
-    cache_name: str
+    remote_name: SandboxPath
+    cache_name: Annotated[str, MaxLen(MAX_NAME), Form("file-or-empty")]
     data: bytes
 
 
@@ -188,15 +389,15 @@ class TaskSpec:
 
     task_id: int
     attempt: int
-    kind: str  # "python" or "shell"
+    kind: Annotated[str, OneOf(("python", "shell"))]
     payload: bytes  # python: pickled (fn, args, kwargs); shell: b""
     command: str
-    allocation: dict[str, int]  # cores, memory, disk, gpus
-    env: dict[str, str]
+    allocation: dict[Name, int]  # cores, memory, disk, gpus
+    env: dict[Name, str]
     inputs: list[InputFile]
-    outputs: list[str]
+    outputs: list[SandboxPath]
     timeout: float  # wall-time limit in seconds, 0 for none
-    pack: str  # digest of the environment pack to run in (sent with PutPack), "" for none
+    pack: Name  # digest of the environment pack to run in (sent with PutPack), "" for none
 
 
 @struct
@@ -208,16 +409,16 @@ class TaskResult:
     attempt: int
     status: TaskStatus
     value: bytes  # pickled return value or exception
-    exit_code: int
+    exit_code: Signed
     stdout: bytes
     stderr: bytes
-    outputs: dict[str, bytes]
+    outputs: dict[SandboxPath, bytes]
     message: str  # what went wrong, for the non-user failures
     wall_time: float
-    gpu_ids: list[str]
+    gpu_ids: list[Name]
     messages: list[bytes]  # monitoring messages the task left in $PACKMULE_RADIO_DIR
-    measured: dict[str, float]  # see worker/monitor.py: memory, disk (MB), cores, wall_time...
-    exceeded: list[str]  # EXHAUSTED: the resources that went over their allocation
+    measured: dict[Name, float]  # see worker/monitor.py: memory, disk (MB), cores, wall_time...
+    exceeded: list[Name]  # EXHAUSTED: the resources that went over their allocation
 
 
 # ---------------------------------------------------------------- worker -> manager
@@ -227,12 +428,12 @@ class TaskResult:
 @dataclasses.dataclass(frozen=True, slots=True)
 class Hello(Message):
     protocol: int
-    version: str
-    worker_id: str
-    hostname: str
+    version: Name
+    worker_id: Name
+    hostname: Name
     pid: int
-    resources: dict[str, int]
-    packs: list[str]  # digests of the environment packs it has cached
+    resources: dict[Name, int]
+    packs: list[Name]  # digests of the environment packs it has cached
 
 
 @message(2)
@@ -260,7 +461,7 @@ class PackState(Message):
     cached, and when one arrives), or ``ok`` false: it cannot be used there
     (``resend``: it arrived damaged; send it again with its next task)."""
 
-    digest: str
+    digest: Name
     ok: bool
     message: str
     resend: bool
@@ -272,9 +473,19 @@ class PackState(Message):
 class PackProgress(Message):
     """Bytes of a pack received so far: the manager sends more (flow control)."""
 
-    digest: str
+    digest: Name
     transfer: int
     received: int
+
+
+@message(7)
+@dataclasses.dataclass(frozen=True, slots=True)
+class Piece(Message):
+    """A piece of a message too large for one frame (:mod:`.pieces`): the bytes at
+    ``offset`` of its encoding (``total`` bytes in all) follow as a second, raw frame."""
+
+    offset: int
+    total: int
 
 
 # ---------------------------------------------------------------- manager -> worker
@@ -284,9 +495,9 @@ class PackProgress(Message):
 @dataclasses.dataclass(frozen=True, slots=True)
 class Welcome(Message):
     protocol: int
-    version: str
-    heartbeat_interval: float
-    lease: float
+    version: Name
+    heartbeat_interval: Period
+    lease: Period
 
 
 @message(11)
@@ -298,7 +509,7 @@ class Reject(Message):
 @message(12)
 @dataclasses.dataclass(frozen=True, slots=True)
 class PutFile(Message):
-    cache_name: str
+    cache_name: Annotated[str, MaxLen(MAX_NAME), Form("file")]
     data: bytes
 
 
@@ -333,8 +544,8 @@ class PutPack(Message):
     """A piece of an environment pack: the bytes at ``offset`` of its tar
     (``size`` bytes in all) follow as a second, raw frame."""
 
-    digest: str
-    sha256: str
+    digest: Name
+    sha256: Name
     size: int
     offset: int
     transfer: int  # numbers one sending of a pack to a worker (a resend gets a new one)

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 
 import zmq
 
+from .pieces import MAX_FRAME
 from .security import CurveKeys
 
 #: A handshake failed: most likely a wrong password on the other side.
@@ -23,12 +24,19 @@ HANDSHAKE_FAILED = (zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_HANDSHAKE_F
 #: workers connect at once after a restart; with libzmq's default of 100 the rest
 #: are refused and retry seconds later.
 LISTEN_BACKLOG = 4096
+#: Messages libzmq queues per worker connection for the manager to read, at most.
+#: When a worker's queue is full libzmq stops reading its connection (TCP holds the
+#: rest back; nothing is dropped), so what it holds for one worker is bounded by
+#: RECEIVE_HWM x MAX_FRAME (4.3 MiB).
+RECEIVE_HWM = 64
 
 
 def server_socket(ctx: zmq.Context[zmq.Socket[bytes]], keys: CurveKeys,
                   zap_domain: bytes) -> zmq.Socket[bytes]:
     """The manager's ROUTER: CURVE server, sends to a gone peer fail (EHOSTUNREACH)
-    instead of vanishing, no queue limits (flow is paced above), no linger."""
+    instead of vanishing, no limit on queued sends (flow is paced above), no linger.
+    Frames over :data:`~.pieces.MAX_FRAME` close the connection (before the handshake
+    too), and at most :data:`RECEIVE_HWM` messages wait per connection."""
     sock = ctx.socket(zmq.ROUTER)
     sock.curve_server = True
     sock.curve_secretkey = keys.server_secret
@@ -36,7 +44,8 @@ def server_socket(ctx: zmq.Context[zmq.Socket[bytes]], keys: CurveKeys,
     sock.zap_domain = zap_domain
     sock.router_mandatory = True
     sock.sndhwm = 0
-    sock.rcvhwm = 0
+    sock.rcvhwm = RECEIVE_HWM
+    sock.maxmsgsize = MAX_FRAME
     sock.linger = 0
     sock.backlog = LISTEN_BACKLOG
     return sock

@@ -19,6 +19,7 @@ import random
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import time
@@ -26,21 +27,36 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import msgpack
 import zmq
 
 from .._version import __version__
+from ..core.slots import Slots
 from ..envpack.unpack import default_cache_root
 from ..errors import ProtocolError
 from ..protocol import messages as m
+from ..protocol import pieces
 from ..protocol.security import derive_keys
 from ..protocol.sockets import HANDSHAKE_FAILED, client_socket, drain_events
 from ..resources import Resources
-from .monitor import DISK_INTERVAL, MB, CgroupRoot, MemoryCgroup, TreeSampler, tree_size
+from .filecache import FileCache
+from .monitor import (
+    DISK_INTERVAL,
+    MB,
+    CgroupRoot,
+    MemoryCgroup,
+    TreeSampler,
+    kill_recorded,
+    subreaper_setter,
+    tree_size,
+)
 from .packs import PackCache, Unpacked
-from .runner import BOARD_SIZE, Channel, read_board
+from .runner import BOARD_SIZE, Channel, read_board, stop_descendants
+from .runner_messages import Done, Run, decode, encode
 
 log = logging.getLogger("packmule.worker")
+
+#: The messages a manager sends; any other from it ends the session.
+_FROM_MANAGER = tuple(m.FROM_MANAGER)
 
 #: Reconnect backoff, with "full jitter": before each reconnection a worker waits a
 #: uniform random time between 0 and min(MAX_BACKOFF, MIN_BACKOFF x 2**n) seconds, n
@@ -67,6 +83,19 @@ AUTH_FAILURES = 3
 #: Default idle timeout and connect timeout (seconds), as Work Queue's.
 IDLE_TIMEOUT = 900.0
 CONNECT_TIMEOUT = 900.0
+#: A worker that has not reached a manager says so this many seconds after it began
+#: trying, and again every NO_MANAGER_REPEAT seconds, rather than staying silent until
+#: its connect timeout: a manager listening on 127.0.0.1 only, a wrong port or a
+#: firewall then show at once.
+NO_MANAGER_NOTICE = 5.0
+NO_MANAGER_REPEAT = 60.0
+#: A connection closed within this many seconds of being tried was refused (nothing
+#: listens there); one that takes longer timed out (no answer: a firewall, a host down).
+REFUSED_WITHIN = 2.0
+#: The socket monitor events the worker follows: a refused or silent address, a
+#: password that does not match, a connection that closed.
+MONITOR_EVENTS = (HANDSHAKE_FAILED | zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED
+                  | zmq.EVENT_CONNECT_DELAYED | zmq.EVENT_CONNECTED | zmq.EVENT_CLOSED)
 #: How memory limits are enforced: "auto" uses cgroups where writable, else polling.
 ENFORCEMENT = ("auto", "cgroup", "poll")
 #: Runners kept warm when idle, at most.
@@ -127,46 +156,129 @@ class Runner:
         self.board: mmap.mmap | None = None
         # Paths as strings, made once: they are used for every task.
         self.sandbox_str = str(self.sandbox)
-        #: Where the runner captures a task's stdout and stderr.
-        self.io = (self.sandbox_str + ".out", self.sandbox_str + ".err")
         #: Where tasks may leave monitoring messages for the manager ($PACKMULE_RADIO_DIR).
         self.radio = self.sandbox_str + ".radio"
+        #: The processes seen under it during its current task (pid: creation time),
+        #: which :meth:`kill` kills too: the task's sampler's record.
+        self.recorded: dict[int, float] = {}
+
+    def ensure_dirs(self) -> None:
+        """Make the sandbox and radio directories again if a task removed them (or the
+        whole work directory), or replaced them with something else."""
+        for path in (self.sandbox_str, self.radio):
+            try:
+                if stat.S_ISDIR(os.lstat(path).st_mode):
+                    continue
+                os.unlink(path)  # a file or a symbolic link where the directory was
+            except FileNotFoundError:
+                pass
+            os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+            os.mkdir(path, 0o700)
 
     def take_messages(self) -> list[bytes]:
-        """The complete messages the last task left, removed from the radio directory."""
+        """The complete messages the last task left, removed from the radio directory
+        (none if the task removed it: :meth:`ensure_dirs` makes it again)."""
         out = []
-        with os.scandir(self.radio) as entries:
-            for e in entries:
-                if e.name.endswith(".msg"):
-                    with open(e.path, "rb") as f:
-                        out.append(f.read())
-                os.unlink(e.path)
+        try:
+            with os.scandir(self.radio) as entries:
+                for e in entries:
+                    if e.name.endswith(".msg") and e.is_file(follow_symlinks=False):
+                        data = _read_regular(e.path)
+                        if data is not None:
+                            out.append(data)
+                    _remove(e)
+        except (FileNotFoundError, NotADirectoryError):
+            pass
         return out
 
     def clear_sandbox(self) -> None:
         """Empty the sandbox for the next task (cheaper than a new directory)."""
+        self.ensure_dirs()
         with os.scandir(self.sandbox_str) as entries:
             for e in entries:
-                if e.is_dir(follow_symlinks=False):
-                    shutil.rmtree(e.path, ignore_errors=True)
-                else:
-                    os.unlink(e.path)
+                _remove(e)
 
     def kill(self) -> None:
+        """Kill the runner and every process its task started, wherever they went: its
+        process group; its descendants, stopped parents first (they include those that
+        left the group, whom the runner adopted as a subreaper); what its cgroup holds;
+        and the processes recorded during its task. Then remove its directories."""
+        if self.conn.fd < 0:
+            return  # killed already (its pid may belong to another process by now)
+        pid = self.proc.pid
         with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.proc.pid, signal.SIGKILL)
+            os.killpg(pid, signal.SIGSTOP)  # the runner and its group: nothing new starts
+        stopped: dict[int, None] = {}
+        for _ in range(100):
+            before = len(stopped)
+            stop_descendants(pid, stopped)
+            if len(stopped) == before:
+                break
+        for child in stopped:
+            with contextlib.suppress(OSError):
+                os.kill(child, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, signal.SIGKILL)
         self.conn.close()
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.proc.wait(timeout=5)
+        if self.cgroup is not None:
+            self.cgroup.kill_all()
+        kill_recorded(self.recorded, keep=pid)
         shutil.rmtree(self.sandbox, ignore_errors=True)
         shutil.rmtree(self.radio, ignore_errors=True)
         if self.board is not None:
             self.board.close()
-        for p in (*self.io, self.sandbox_str + ".board"):
-            with contextlib.suppress(OSError):
-                os.unlink(p)
+            self.board = None
         if self.cgroup is not None:
             self.cgroup.remove()
+
+    def end_strays(self, left_some: bool) -> int:
+        """After a task that ended normally: kill what it left behind that the runner
+        could not see (processes in its cgroup, or recorded, other than the runner).
+
+        A subreaper runner sees all its task's processes: its cgroup (40 us to read) is
+        only looked at when the task did leave some (``left_some``), or where runners
+        cannot be subreapers."""
+        killed = 0
+        if self.cgroup is not None and (left_some or _BECOME_SUBREAPER is None):
+            killed = self.cgroup.kill_all(keep=self.proc.pid)
+        if self.recorded:
+            killed += kill_recorded(self.recorded, keep=self.proc.pid)
+        return killed
+
+
+def _fmt_measured(measured: dict[str, float]) -> str:
+    """Measurements for a log line: ``memory 12.3 MB, cores 0.98, ...``."""
+    return ", ".join(f"{k} {v:.3g}{' MB' if k in ('memory', 'disk') else ''}"
+                     for k, v in measured.items())
+
+
+def _remove(e: os.DirEntry[str]) -> None:
+    """Remove a directory entry, whatever it is (a directory's content too)."""
+    if e.is_dir(follow_symlinks=False):
+        shutil.rmtree(e.path, ignore_errors=True)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(e.path)
+
+
+def _read_regular(path: str) -> bytes | None:
+    """A regular file's content; None for anything else (a FIFO would block the worker,
+    a link to a device could be endless), or if it cannot be read."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError:
+        return None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        with os.fdopen(os.dup(fd), "rb") as f:
+            return f.read()
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
 
 
 @dataclass
@@ -219,28 +331,47 @@ class Running:
 
 def _spawn_runner(sandbox: Path, cgroups: CgroupRoot | None, python: str = sys.executable,
                   env: dict[str, str] | None = None, pack: str = "") -> Runner:
+    os.makedirs(sandbox.parent, mode=0o700, exist_ok=True)  # a task may have removed it
     sandbox.mkdir()
-    board = str(sandbox) + ".board"
-    with open(board, "wb") as f:
-        f.write(b"\0" * BOARD_SIZE)
     Path(str(sandbox) + ".radio").mkdir()
+    # The board and the capture files are unlinked at once: the runner has them open,
+    # and no task can remove them from under it.
+    board, out, err = (_unlinked_file(f"{sandbox}.{name}") for name in ("board", "out", "err"))
     parent, child = socket.socketpair()
-    proc = subprocess.Popen(
-        [python, "-m", "packmule.worker.runner", str(child.fileno()), board],
-        pass_fds=(child.fileno(),),
-        start_new_session=True,
-        stdin=subprocess.DEVNULL,
-        env=env,
-    )
-    child.close()
-    runner = Runner(proc, Channel(parent.detach()), sandbox, pack=pack)
-    with open(board, "r+b") as f:
-        runner.board = mmap.mmap(f.fileno(), BOARD_SIZE)
+    fds = (child.fileno(), board, out, err)
+    try:
+        os.ftruncate(board, BOARD_SIZE)
+        proc = subprocess.Popen(
+            [python, "-m", "packmule.worker.runner", *map(str, fds)],
+            pass_fds=fds,
+            start_new_session=True,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            preexec_fn=_BECOME_SUBREAPER,  # one prctl call, nothing else
+        )
+        runner = Runner(proc, Channel(parent.detach()), sandbox, pack=pack)
+        runner.board = mmap.mmap(board, BOARD_SIZE)
+    finally:
+        child.close()
+        parent.close()
+        for fd in (board, out, err):
+            os.close(fd)
     if cgroups is not None:
         runner.cgroup = cgroups.new_group()
         if runner.cgroup is not None:
             runner.cgroup.add(proc.pid)
     return runner
+
+
+def _unlinked_file(path: str) -> int:
+    """A new empty file, open for reading and writing, whose name is already gone."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    os.unlink(path)
+    return fd
+
+
+#: Makes a runner a child subreaper between fork and exec (None: not on this system).
+_BECOME_SUBREAPER = subreaper_setter()
 
 
 class Worker:
@@ -273,7 +404,14 @@ class Worker:
         self.hostname = socket.gethostname()
         self.workspace = workdir / f"worker-{os.getpid()}-{os.urandom(4).hex()}"
         self._stop_reason: str | None = None
+        #: When to say next that no manager answers (None: one has answered).
+        self._notice_at: float | None = None
+        self._seeking_since = 0.0
         self.packs = PackCache(pack_cache or default_cache_root())
+        #: Input files the manager sent once (PutFile), for the tasks that name them.
+        self.files = FileCache(self.workspace / "cache")
+        #: Whether --debug asked for every step of every task (checked once per step).
+        self._debug = log.isEnabledFor(logging.DEBUG)
         if enforce not in ENFORCEMENT:
             raise ValueError(f"enforce must be one of {', '.join(ENFORCEMENT)}, got {enforce!r}")
         self.cgroups = None if enforce == "poll" else CgroupRoot.create(self.workspace.name)
@@ -322,6 +460,7 @@ class Worker:
             sig_r.close()
             sig_w.close()
             self.packs.close()
+            self.files.close()
             shutil.rmtree(self.workspace, ignore_errors=True)
             if self.cgroups is not None:
                 self.cgroups.remove()
@@ -350,16 +489,20 @@ class Worker:
         (self.workspace / "cache").mkdir(exist_ok=True)
         ctx = zmq.Context()
         sock = client_socket(ctx, self.keys, os.urandom(16), RECONNECT_INTERVAL)
-        monitor = sock.get_monitor_socket(HANDSHAKE_FAILED | zmq.EVENT_HANDSHAKE_SUCCEEDED
-                                          | zmq.EVENT_DISCONNECTED)
+        monitor = sock.get_monitor_socket(MONITOR_EVENTS)
         self._handshake_failures = 0
+        #: What this session's connection got so far, for the "no manager" notice.
+        self._link = "no answer"
+        self._tried_at = time.monotonic()
+        if self._notice_at is None:
+            self._seeking_since = time.monotonic()
+            self._notice_at = self._seeking_since + NO_MANAGER_NOTICE
         sock.connect(f"tcp://{self.host}:{self.port}")
         self.sock, self.monitor = sock, monitor
-        self.free = self.size
+        #: This session's tasks by (task id, attempt): queued, waiting for a pack,
+        #: running, and what is free (see docs/internals.md, "A worker's tasks").
+        self.slots: Slots[tuple[int, int], m.TaskSpec, Running] = Slots(self.size)
         self.free_gpus = list(self.gpu_ids)
-        self.running: dict[tuple[int, int], Running] = {}
-        #: Prefetched tasks, in the order sent; each starts as soon as it fits.
-        self.queued: dict[tuple[int, int], m.TaskSpec] = {}
         self.idle: list[Runner] = []
         self._runner_count = 0
         self._seq = 0
@@ -386,7 +529,7 @@ class Worker:
             return self.welcomed, end
         finally:
             self.packs.forget_waiting()
-            for r in [*self.idle, *(run.runner for run in self.running.values())]:
+            for r in [*self.idle, *(run.runner for run in self.slots.running.values())]:
                 r.kill()
             sock.disable_monitor()
             monitor.close(0)
@@ -395,7 +538,13 @@ class Worker:
         raise AssertionError("unreachable")
 
     def _send(self, msg: m.Message) -> None:
-        self.sock.send(m.encode(msg))
+        """Send to the manager: a message larger than a piece goes in pieces (the
+        manager refuses larger frames), a result too large to send becomes its failure."""
+        for frames in pieces.outgoing(msg):
+            if len(frames) == 1:
+                self.sock.send(frames[0], copy=False)
+            else:
+                self.sock.send_multipart(frames, copy=False)
 
     def _loop(self) -> None:
         poller = zmq.Poller()
@@ -413,11 +562,11 @@ class Worker:
             if self._stop_reason is not None:
                 raise _SessionEnd(ExitCode.OK, self._stop_reason)
             if not self.welcomed:
-                wake = connect_deadline
+                wake = min(connect_deadline, self._notice_at or connect_deadline)
             else:
-                watch = [r.wake_at() for r in self.running.values()]
+                watch = [r.wake_at() for r in self.slots.running.values()]
                 wake = min([last_beat + heartbeat, last_heard + lease, *watch])
-                if not self.running:
+                if not self.slots:
                     wake = min(wake, last_busy + self.idle_timeout)
             events = dict(poller.poll(max(0, int((wake - now) * 1000)) + 1))
             now = time.monotonic()
@@ -434,9 +583,15 @@ class Worker:
                         break
                     last_heard = now
                     try:
-                        msg = m.decode(frames[0].bytes)
+                        msg = m.decode(frames[0].buffer)  # (no copy of a large task)
+                        if not isinstance(msg, _FROM_MANAGER):
+                            raise ProtocolError(f"a {type(msg).__name__}, which managers "
+                                                "do not send")
+                        if isinstance(msg, m.PutPack) and len(frames) != 2:
+                            raise ProtocolError("a PutPack without its data frame")
                     except ProtocolError as exc:
-                        log.error("the manager sent a message this worker cannot read: %s", exc)
+                        log.error("the manager at %s:%d sent a message this worker cannot use "
+                                  "(%s); ending the session", self.host, self.port, exc)
                         raise _SessionEnd(ExitCode.REJECTED, f"protocol error: {exc}") from None
                     if isinstance(msg, m.Welcome):
                         self.welcomed = True
@@ -453,68 +608,88 @@ class Worker:
                         raise _SessionEnd(ExitCode.OK, f"manager said exit: {msg.reason}")
                     elif isinstance(msg, m.Dispatch):
                         for spec in msg.tasks:
-                            self._begin(spec, now, poller, by_fd, results)
+                            self._begin(spec, results)
                     elif isinstance(msg, m.PutPack):
-                        if len(frames) != 2:
-                            raise _SessionEnd(ExitCode.REJECTED, "a pack came without its data")
                         got = self.packs.receive(msg, frames[1])
                         if isinstance(got, int):
                             self._send(m.PackProgress(msg.digest, msg.transfer, got))
                         elif got is not None:  # refused at once (no room on disk)
-                            self._pack_done(got, self.packs.pending.pop(msg.digest, []), now,
-                                            poller, by_fd, results)
+                            self._pack_done(got, results)
                     elif isinstance(msg, m.PutFile):
-                        (self.workspace / "cache" / msg.cache_name).write_bytes(msg.data)
+                        self._put_file(msg)
                     elif isinstance(msg, m.Kill):
-                        self.queued.pop((msg.task_id, msg.attempt), None)
-                        self.packs.drop_task(msg.task_id, msg.attempt)
-                        run = self.running.get((msg.task_id, msg.attempt))
-                        if run is not None:
+                        run = self.slots.running.get((msg.task_id, msg.attempt))
+                        if run is None:  # queued, waiting for its pack, or not started yet
+                            self.slots.release((msg.task_id, msg.attempt))
+                        else:
                             self._drop(run, poller, by_fd)
                             run.runner.kill()
             if self.monitor in events:
                 self._monitor_events()
             if self.packs.fileno() in events:
-                for done, waiting in self.packs.finished():
-                    self._pack_done(done, waiting, now, poller, by_fd, results)
+                for done in self.packs.finished():
+                    self._pack_done(done, results)
             for fd, key in list(by_fd.items()):
                 if fd in events:
-                    run = self.running[key]
+                    run = self.slots.running[key]
                     ended = self._read_runner(run)
                     if ended is not None:
                         self._drop(run, poller, by_fd)
                         results.append(ended)
-            for run in list(self.running.values()):
+            for run in list(self.slots.running.values()):
                 if now >= run.wake_at():
                     ended = self._watch(run, now)
                     if ended is not None:
                         self._drop(run, poller, by_fd)
                         results.append(ended)
-            if self.queued:
-                for spec in list(self.queued.values()):
-                    if Resources(**spec.allocation).fits_in(self.free):
-                        del self.queued[(spec.task_id, spec.attempt)]
-                        self._begin(spec, now, poller, by_fd, results)
+            self._start_ready(now, poller, by_fd, results)
             if results:
                 self._send(m.Results(results))
-            if self.running:
+                if self._debug:
+                    for r in results:
+                        log.debug("task %d attempt %d: result sent (%s%s)", r.task_id,
+                                  r.attempt, r.status.value, f": {r.message}" if r.message else "")
+            if self.slots:
                 last_busy = now
             if not self.welcomed:
+                self._no_manager_notice(now)
                 if now >= connect_deadline:
                     raise _SessionEnd(None, "no answer from the manager")
                 continue
+            self._notice_at = None  # reached: a later loss starts the notices afresh
             if now - last_heard > lease:
                 raise _SessionEnd(None, f"no message from the manager for {lease:.0f} s")
-            if not self.running and now - last_busy > self.idle_timeout:
+            if not self.slots and now - last_busy > self.idle_timeout:
                 raise _SessionEnd(ExitCode.OK, f"idle for {self.idle_timeout:.0f} s")
             if now - last_beat >= heartbeat:
                 last_beat = now
-                self._send(m.WorkerHeartbeat(len(self.running)))
+                self._send(m.WorkerHeartbeat(len(self.slots.running)))
+
+    def _no_manager_notice(self, now: float) -> None:
+        """Say, now and then, that no manager has answered yet, and what the address did."""
+        if self._notice_at is None or now < self._notice_at:
+            return
+        self._notice_at = now + NO_MANAGER_REPEAT
+        log.warning(
+            'no manager at %s:%d yet: %s; is the manager listening on an address this node '
+            'can reach (Manager(host="0.0.0.0"))? Still trying, for %.0f s so far (gives up '
+            "after --connect-timeout %.0f s).", self.host, self.port, self._link,
+            now - self._seeking_since, self.connect_timeout)
 
     def _monitor_events(self) -> None:
         for event, value in drain_events(self.monitor):
-            if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+            if event == zmq.EVENT_CONNECT_DELAYED:
+                self._tried_at = time.monotonic()
+            elif event == zmq.EVENT_CLOSED and not self.welcomed:
+                self._link = ("connection refused"
+                              if time.monotonic() - self._tried_at < REFUSED_WITHIN
+                              else "no answer")
+            elif event == zmq.EVENT_CONNECTED:
+                self._link = ("no answer (a connection opens, but nothing there answers as a "
+                              "packmule manager)")
+            elif event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
                 self._handshake_failures = 0
+                self._link = "connected, but the manager has not answered this worker yet"
             elif event & HANDSHAKE_FAILED and not (event == zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
                                                    and value == errno.EAGAIN):
                 # (A handshake that timed out is a busy manager, not a wrong password.)
@@ -547,9 +722,15 @@ class Worker:
                 if (r.settings is None and r.pack == pack) if fresh else r.settings == settings:
                     del self.idle[i]
                     r.settings = settings
+                    if self._debug:
+                        log.debug("runner pid %d chosen (%s)", r.proc.pid,
+                                  "warm, unused" if fresh else "warm, same settings")
                     return r
         runner = self._new_runner(pack)
         runner.settings = settings
+        if self._debug:
+            log.debug("runner pid %d started%s", runner.proc.pid,
+                      f" with pack {pack[:12]}'s interpreter" if pack else "")
         return runner
 
     def _new_runner(self, pack: str = "") -> Runner:
@@ -574,15 +755,14 @@ class Worker:
         return m.TaskResult(spec.task_id, spec.attempt, status, b"", -1, b"", b"", {}, message,
                             0.0, [], [], {}, [])
 
-    def _measured(self, run: Running, wall: float, reply: dict[str, Any] | None = None,
+    def _measured(self, run: Running, wall: float, reply: Done | None = None,
                   cgroup_peak: int = 0) -> dict[str, float]:
         """The task's measurements: the best of the kernel's figures and the samples."""
-        reply = reply or {}
-        memory = int(reply.get("peak_rss", 0))
+        memory = reply.peak_rss if reply is not None else 0
         if run.baseline is not None:  # samples count only once the call is unpickled
             memory = max(memory, run.sampler.peak_rss - run.baseline,
                          cgroup_peak - run.baseline)
-        cpu = float(reply.get("cpu_time", 0.0))
+        cpu = float(reply.cpu_time) if reply is not None else 0.0
         run.peak_disk = max(run.peak_disk, tree_size(run.runner.sandbox_str))
         return {
             "memory": memory / MB,
@@ -591,8 +771,8 @@ class Worker:
             "cores_avg": cpu / wall if wall > 0 else 0.0,
             "wall_time": wall,
             "cpu_time": cpu,
-            "bytes_read": float(reply.get("bytes_read", 0)),
-            "bytes_written": float(reply.get("bytes_written", 0)),
+            "bytes_read": float(reply.bytes_read) if reply is not None else 0.0,
+            "bytes_written": float(reply.bytes_written) if reply is not None else 0.0,
         }
 
     def _watch(self, run: Running, now: float) -> m.TaskResult | None:
@@ -619,59 +799,83 @@ class Worker:
                                     _over("disk", used, run.disk_limit), measured, ["disk"])
         return None
 
-    def _begin(self, spec: m.TaskSpec, now: float, poller: zmq.Poller,
-               by_fd: dict[int, tuple[int, int]], results: list[m.TaskResult]) -> None:
-        """Start a dispatched task, or queue it (prefetched) until it fits."""
+    def _begin(self, spec: m.TaskSpec, results: list[m.TaskResult]) -> None:
+        """Take a dispatched task into its slot: READY when it fits what is free (it
+        starts at the end of this loop turn), QUEUED (prefetched) until it fits; or
+        answer it at once when it cannot run here."""
         try:
             alloc = Resources(**spec.allocation)
         except (TypeError, ValueError) as exc:
             log.error("the manager sent a bad allocation %r: %s", spec.allocation, exc)
             raise _SessionEnd(ExitCode.REJECTED, f"bad allocation: {exc}") from None
-        if spec.pack and spec.pack not in self.packs.ready:
-            waiting = self.packs.pending.get(spec.pack)
-            if waiting is not None:
-                waiting.append(spec)  # starts when its pack is unpacked
-                return
-            error = self.packs.failed.get(spec.pack)
-            if error is not None:
-                results.append(self._reply(spec, m.TaskStatus.PACK_ERROR, error))
-                return
-            self._send(m.PackState(spec.pack, False, "not on this worker", True, 0))
-            results.append(self._reply(spec, m.TaskStatus.FORSAKEN,
-                                       f"pack {spec.pack[:12]} is not on {self.hostname}"))
+        key = (spec.task_id, spec.attempt)
+        if self._debug:
+            log.debug("task %d attempt %d received: %s task, allocation %s%s", *key, spec.kind,
+                      alloc, f", pack {spec.pack[:12]}" if spec.pack else "")
+        if key in self.slots:
+            log.error("the manager sent task %d attempt %d again; the copy is ignored", *key)
             return
-        if not alloc.fits_in(self.free) and alloc.fits_in(self.size):
-            self.queued[(spec.task_id, spec.attempt)] = spec  # starts when room frees
-            return
-        r = self._start(spec, alloc, now)
-        if isinstance(r, m.TaskResult):
-            results.append(r)
-        else:
-            by_fd[r.fd] = (spec.task_id, spec.attempt)
-            poller.register(r.fd, zmq.POLLIN)
+        if spec.pack and spec.pack not in self.packs.ready and spec.pack not in self.packs.pending:
+            results.append(self._pack_missing(spec))
+        elif self.slots.add(key, spec, alloc) is None:
+            results.append(self._reply(
+                spec, m.TaskStatus.FORSAKEN,
+                f"worker {self.hostname} has {self.size} in all, the task needs {alloc}"))
 
-    def _pack_done(self, done: Unpacked, waiting: list[m.TaskSpec], now: float,
-                   poller: zmq.Poller, by_fd: dict[int, tuple[int, int]],
-                   results: list[m.TaskResult]) -> None:
-        """A pack is unpacked (its tasks start), or failed (they fail, or go back
-        to the manager when the pack arrived damaged and will be sent again)."""
+    def _pack_missing(self, spec: m.TaskSpec) -> m.TaskResult:
+        """The answer for a task whose pack is neither here nor arriving."""
+        error = self.packs.failed.get(spec.pack)
+        if error is not None:
+            return self._reply(spec, m.TaskStatus.PACK_ERROR, error)
+        self._send(m.PackState(spec.pack, False, "not on this worker", True, 0))
+        return self._reply(spec, m.TaskStatus.FORSAKEN,
+                           f"pack {spec.pack[:12]} is not on {self.hostname}")
+
+    def _start_ready(self, now: float, poller: zmq.Poller, by_fd: dict[int, tuple[int, int]],
+                     results: list[m.TaskResult]) -> None:
+        """Start the tasks that hold their allocation (READY), in the order they got
+        room; one whose pack is still arriving waits for it, and one that cannot start
+        is answered and released (which may give queued ones room)."""
+        while ready := self.slots.take_ready():
+            for key, entry in ready:
+                spec = entry.task
+                if spec.pack and spec.pack not in self.packs.ready:
+                    if spec.pack in self.packs.pending:
+                        self.slots.wait(key, spec.pack)  # it goes on holding its allocation
+                        continue
+                    results.append(self._pack_missing(spec))
+                    self.slots.release(key)
+                    continue
+                r = self._start(spec, entry.alloc, now)
+                if isinstance(r, m.TaskResult):
+                    results.append(r)
+                    self.slots.release(key)
+                else:
+                    self.slots.start(key, r)
+                    by_fd[r.fd] = key
+                    poller.register(r.fd, zmq.POLLIN)
+
+    def _pack_done(self, done: Unpacked, results: list[m.TaskResult]) -> None:
+        """A pack is unpacked (the tasks waiting for it start at the end of this loop
+        turn), or failed (they fail, or go back to the manager when the pack arrived
+        damaged and will be sent again)."""
         ok = done.root is not None
+        if self._debug:
+            log.debug("pack %s received and %s", done.digest[:12],
+                      f"unpacked at {done.root}" if ok else f"not usable: {done.error}")
         self._send(m.PackState(done.digest, ok, done.error, done.corrupted, done.transfer))
-        if not ok:
-            log.error("%s", done.error)
-        for spec in waiting:
-            if ok:
-                self._begin(spec, now, poller, by_fd, results)
-            else:
-                status = m.TaskStatus.FORSAKEN if done.corrupted else m.TaskStatus.PACK_ERROR
-                results.append(self._reply(spec, status, done.error))
+        waiting = self.slots.unwait(done.digest)
+        if ok:
+            return
+        log.error("%s", done.error)
+        status = m.TaskStatus.FORSAKEN if done.corrupted else m.TaskStatus.PACK_ERROR
+        for key in waiting:
+            entry = self.slots.release(key)
+            assert entry is not None
+            results.append(self._reply(entry.task, status, done.error))
 
     def _start(self, spec: m.TaskSpec, alloc: Resources, now: float) -> Running | m.TaskResult:
-        if not alloc.fits_in(self.free):
-            return self._reply(
-                spec, m.TaskStatus.FORSAKEN,
-                f"worker {self.hostname} has {self.free} free, the task needs {alloc}",
-            )
+        """Launch a task that holds ``alloc`` (READY) on a runner."""
         cores = str(max(1, alloc.cores or 0))
         gpus = [self.free_gpus.pop(0) for _ in range(alloc.gpus or 0)]
         settings = (cores, ",".join(gpus), spec.pack)
@@ -685,7 +889,7 @@ class Worker:
                                    f"{self.hostname}: {exc}")
             return self._reply(spec, m.TaskStatus.CRASHED, f"cannot start a runner: {exc}")
         try:
-            self._prepare(spec, runner.sandbox)
+            self._prepare(spec, runner)
         except OSError as exc:
             self._recycle(runner)
             self.free_gpus = [g for g in self.gpu_ids if g in self.free_gpus or g in gpus]
@@ -697,18 +901,31 @@ class Worker:
             runner.kill()
             runner = self._runner_for(settings)
             try:
-                self._prepare(spec, runner.sandbox)
+                self._prepare(spec, runner)
                 run = self._launch(spec, runner, alloc, cores, gpus, now)
             except OSError as exc:
                 runner.kill()
                 self.free_gpus = [g for g in self.gpu_ids if g in self.free_gpus or g in gpus]
                 return self._reply(spec, m.TaskStatus.CRASHED, f"cannot start a runner: {exc}")
-        self.free = self.free - alloc
-        self.running[(spec.task_id, spec.attempt)] = run
         return run
 
-    def _prepare(self, spec: m.TaskSpec, sandbox: Path) -> None:
-        """Put the task's input files in its sandbox."""
+    def _put_file(self, msg: m.PutFile) -> None:
+        """Cache a file the manager sent; the tasks that need it fail (SETUP_ERROR) if it
+        cannot be stored."""
+        try:
+            self.files.put(msg.cache_name, msg.data)
+        except OSError as exc:
+            log.error("cannot cache the input file %s the manager sent: %s; the tasks that "
+                      "need it will fail here", msg.cache_name[:80], exc)
+            return
+        if self._debug:
+            log.debug("input file %s cached (%d bytes)", msg.cache_name, len(msg.data))
+
+    def _prepare(self, spec: m.TaskSpec, runner: Runner) -> None:
+        """Put the task's input files in its runner's sandbox (made again first if an
+        earlier task removed it)."""
+        runner.ensure_dirs()
+        sandbox = runner.sandbox
         for name in spec.outputs:
             if "/" in name:
                 (sandbox / name).parent.mkdir(parents=True, exist_ok=True)
@@ -716,11 +933,7 @@ class Worker:
             dest = sandbox / f.remote_name
             dest.parent.mkdir(parents=True, exist_ok=True)
             if f.cache_name:
-                src = self.workspace / "cache" / f.cache_name
-                try:
-                    os.link(src, dest)
-                except OSError:
-                    shutil.copyfile(src, dest)
+                self.files.place(f.cache_name, str(dest))
             else:
                 dest.write_bytes(f.data)
 
@@ -743,23 +956,25 @@ class Worker:
             "TMPDIR": runner.sandbox_str, "PACKMULE_SANDBOX": runner.sandbox_str,
             "PACKMULE_RADIO_DIR": runner.radio,
         }
-        io = runner.io
-        req = {"kind": spec.kind, "payload": spec.payload, "command": spec.command,
-               "sandbox": runner.sandbox_str, "env": env, "stdout": io[0], "stderr": io[1],
-               "seq": self._seq, "limit_file": limit_file,
-               "memory_limit": (alloc.memory or 0) * MB}
-        runner.conn.send_bytes(msgpack.packb(req, use_bin_type=True))
+        runner.conn.send_bytes(encode(Run(
+            spec.kind, spec.payload, spec.command, runner.sandbox_str, env, self._seq,
+            limit_file, (alloc.memory or 0) * MB)))
+        sampler = TreeSampler(runner.proc.pid, now)
+        runner.recorded = sampler.seen  # killed with the runner, should it come to that
+        if self._debug:
+            log.debug("task %d attempt %d started on runner pid %d with %s%s",
+                      spec.task_id, spec.attempt, runner.proc.pid, alloc,
+                      f", gpus {','.join(gpus)}" if gpus else "")
         return Running(spec, runner, alloc, gpus, now,
-                       now + spec.timeout if spec.timeout > 0 else None,
-                       TreeSampler(runner.proc.pid, now), oom_kills,
+                       now + spec.timeout if spec.timeout > 0 else None, sampler, oom_kills,
                        now + DISK_INTERVAL, fd=runner.conn.fileno(), seq=self._seq)
 
     def _drop(self, run: Running, poller: zmq.Poller, by_fd: dict[int, tuple[int, int]]) -> None:
-        """Forget a running task and give back its resources."""
-        self.running.pop((run.spec.task_id, run.spec.attempt), None)
+        """Forget a running task and give back its resources (queued tasks that now fit
+        become READY)."""
+        self.slots.release((run.spec.task_id, run.spec.attempt))
         if by_fd.pop(run.fd, None) is not None:
             poller.unregister(run.fd)
-        self.free = self.free + run.alloc
         self.free_gpus = [g for g in self.gpu_ids if g in self.free_gpus or g in run.gpu_ids]
 
     def _recycle(self, runner: Runner) -> None:
@@ -792,11 +1007,15 @@ class Worker:
         try:
             if not run.runner.conn.poll(0):
                 return None
-            reply = msgpack.unpackb(run.runner.conn.recv_bytes(), raw=False)
+            data = run.runner.conn.recv_bytes()
         except (EOFError, OSError):
             return self._runner_died(run)
-        run._baseline = int(reply["baseline"])
-        if reply["status"] == "exhausted":  # over its limit before it even started
+        try:
+            reply = decode(Done, data)
+        except ProtocolError as exc:
+            return self._malformed(run, exc)
+        run._baseline = reply.baseline
+        if reply.status == "exhausted":  # over its limit before it even started
             measured = self._measured(run, 0.0, reply)
             self._recycle(run.runner)
             return self._oom_result(run, measured)
@@ -818,30 +1037,62 @@ class Worker:
             "out of memory or crashed in native code.",
         )
 
-    def _finished(self, run: Running, reply: dict[str, Any]) -> m.TaskResult:
+    def _malformed(self, run: Running, exc: ProtocolError) -> m.TaskResult:
+        """The runner answered something that is not a :class:`Done`: the task fails,
+        and the runner, whose channel can no longer be trusted, is replaced."""
+        log.error("task %d attempt %d: its runner (pid %d) sent a malformed reply: %s",
+                  run.spec.task_id, run.spec.attempt, run.runner.proc.pid, exc)
+        result = self._result(
+            run, m.TaskStatus.CRASHED,
+            f"the process running the task on {self.hostname} sent the worker a malformed "
+            f"reply ({exc}). The task may have written to a file descriptor it did not open "
+            "(the runner's channel to the worker), or the runner is another packmule "
+            "version's than the worker (a pack built by another version?).",
+        )
+        run.runner.kill()  # after measuring: its board goes with it
+        return result
+
+    def _finished(self, run: Running, reply: Done) -> m.TaskResult:
         """Build a finished task's result from the runner's reply."""
-        status = m.TaskStatus(reply["status"])
+        status = m.TaskStatus(reply.status)
+        runner = run.runner
+        # What the task left running: the runner killed what it could see; the rest
+        # (in its cgroup, or recorded) is killed here; the runner itself is replaced if
+        # some would not die.
+        strays = reply.killed + (0 if reply.unkillable else runner.end_strays(reply.killed > 0))
+        # A runner whose task's processes would not die, or that kept what its tasks
+        # allocated, is replaced; the others stay warm for the next task.
+        replace = reply.unkillable > 0 or reply.rss_after > RUNNER_RSS_LIMIT
         # A shell task's child killed by the cgroup: the runner lives on.
-        oom, peak = self._oom_killed(run) if reply["exit_code"] == -9 else (False, 0)
-        measured = self._measured(run, reply["wall_time"], reply, cgroup_peak=peak if oom else 0)
+        oom, peak = self._oom_killed(run) if reply.exit_code == -9 else (False, 0)
+        measured = self._measured(run, reply.wall_time, reply, cgroup_peak=peak if oom else 0)
+        if self._debug:
+            log.debug("task %d attempt %d finished on runner pid %d: %s, exit code %d, "
+                      "%s; %d process(es) it left running killed",
+                      run.spec.task_id, run.spec.attempt, runner.proc.pid, reply.status,
+                      reply.exit_code, _fmt_measured(measured), strays)
         if oom:
-            self._recycle(run.runner)
+            self._replace_or_recycle(runner, replace)
             return self._oom_result(run, measured)
         outputs: dict[str, bytes] = {}
         if status is m.TaskStatus.SUCCESS:
             for name in run.spec.outputs:  # the manager judges what is missing
-                with contextlib.suppress(OSError):
-                    outputs[name] = (run.sandbox / name).read_bytes()
-        messages = run.runner.take_messages()
-        if reply.get("rss_after", 0) > RUNNER_RSS_LIMIT:
-            run.runner.kill()  # it kept what its tasks allocated: start afresh
-        else:
-            self._recycle(run.runner)
+                data = _read_regular(str(run.sandbox / name))
+                if data is not None:
+                    outputs[name] = data
+        messages = runner.take_messages()
+        self._replace_or_recycle(runner, replace)
         return m.TaskResult(
-            run.spec.task_id, run.spec.attempt, status, reply["value"], reply["exit_code"],
-            reply["stdout"], reply["stderr"], outputs, "", reply["wall_time"], run.gpu_ids,
+            run.spec.task_id, run.spec.attempt, status, reply.value, reply.exit_code,
+            reply.stdout, reply.stderr, outputs, "", reply.wall_time, run.gpu_ids,
             messages, measured, [],
         )
+
+    def _replace_or_recycle(self, runner: Runner, replace: bool) -> None:
+        if replace:
+            runner.kill()
+        else:
+            self._recycle(runner)
 
     def _oom_result(self, run: Running, measured: dict[str, float]) -> m.TaskResult:
         """The cgroup stopped the task at its limit: it used at least that much."""

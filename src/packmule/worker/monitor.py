@@ -19,12 +19,21 @@ A memory limit is enforced by the cgroup when there is one (the kernel kills
 the task the moment it goes over), else by the sampler (checked at every
 sample). The sandbox's disk use is measured every :data:`DISK_INTERVAL` s
 and at the end.
+
+The sampler also records every process it sees in the tree, by pid and
+creation time (:attr:`TreeSampler.seen`), and keeps those that leave the tree
+alive: a process that escaped its runner (a new session, a double fork) is
+still known, and killed with the runner (:func:`kill_recorded`), without
+killing an unrelated process that reused its pid.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import signal
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import psutil
@@ -49,6 +58,8 @@ class TreeSampler:
         self.peak_cores = 0.0
         self._last: tuple[float, float] | None = None  # (time, cpu seconds)
         self._root: psutil.Process | None = None  # made at the first sample: most tasks end sooner
+        #: Every descendant seen (pid: creation time), less those gone since.
+        self.seen: dict[int, float] = {}
 
     def sample(self, now: float) -> int:
         """Take one sample; returns the tree's resident set in bytes."""
@@ -69,6 +80,7 @@ class TreeSampler:
                 rss += p.memory_info().rss
                 t = p.cpu_times()
                 cpu += t.user + t.system + t.children_user + t.children_system
+        self._record(procs[1:])
         self.peak_rss = max(self.peak_rss, rss)
         # CPU times tick in 10 ms steps: only a window of a second or more gives cores.
         if self._last is None:
@@ -77,6 +89,64 @@ class TreeSampler:
             self.peak_cores = max(self.peak_cores, (cpu - self._last[1]) / (now - self._last[0]))
             self._last = (now, cpu)
         return rss
+
+
+    def _record(self, procs: list[psutil.Process]) -> None:
+        """Add the tree's processes to ``seen``; drop those that left it and are gone
+        (those that left it alive escaped: they stay)."""
+        now = {}
+        for p in procs:
+            with contextlib.suppress(psutil.Error):
+                now[p.pid] = p.create_time()
+        for pid, created in self.seen.items():
+            if pid not in now and _alive(pid, created):
+                now[pid] = created
+        self.seen.clear()  # in place: the runner holds this dict (Runner.recorded)
+        self.seen.update(now)
+
+
+def _alive(pid: int, created: float) -> bool:
+    """Whether process ``pid`` still runs and is the one created at ``created``."""
+    try:
+        p = psutil.Process(pid)
+        return bool(p.create_time() == created and p.status() != psutil.STATUS_ZOMBIE)
+    except psutil.Error:
+        return False
+
+
+def kill_recorded(seen: dict[int, float], keep: int = 0) -> int:
+    """SIGKILL the recorded processes still running (not ``keep``); returns how many."""
+    killed = 0
+    for pid, created in seen.items():
+        if pid != keep and _alive(pid, created):
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+                killed += 1
+    return killed
+
+
+#: ``prctl(2)`` option: orphaned descendants are reparented to this process, not init.
+PR_SET_CHILD_SUBREAPER = 36
+
+
+def subreaper_setter() -> Callable[[], None] | None:
+    """A function that makes the calling process a child subreaper (Linux), to run in
+    a runner between fork and exec (``preexec_fn``); None where there is no ``prctl``."""
+    try:
+        import ctypes
+
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (ImportError, OSError, AttributeError):
+        return None
+    # Probe on this process (and undo): a kernel or a seccomp filter may refuse it.
+    if prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
+        return None
+    prctl(PR_SET_CHILD_SUBREAPER, 0, 0, 0, 0)
+
+    def become_subreaper() -> None:
+        prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)  # a failure leaves the runner as it was
+
+    return become_subreaper
 
 
 def tree_size(path: str) -> int:
@@ -122,8 +192,46 @@ class MemoryCgroup:
         finally:
             os.close(fd)
 
+    def _read_all(self, name: str) -> str:
+        fd = os.open(self._base + name, os.O_RDONLY)
+        try:
+            data = b""
+            while chunk := os.read(fd, 65536):
+                data += chunk
+            return data.decode()
+        finally:
+            os.close(fd)
+
     def add(self, pid: int) -> None:
         self._write("cgroup.procs", str(pid))
+
+    def procs(self) -> list[int]:
+        """The processes in the group (a task's, however far they went from its runner)."""
+        try:
+            return [int(x) for x in self._read_all("cgroup.procs").split()]
+        except (OSError, ValueError):
+            return []
+
+    def kill_all(self, keep: int = 0, wait: float = 2.0) -> int:
+        """SIGKILL every process in the group but ``keep``, again until none is left or
+        ``wait`` seconds have passed; returns how many it killed."""
+        killed: set[int] = set()
+        deadline = 0.0
+        pause = 0.0005
+        while True:
+            left = [pid for pid in self.procs() if pid != keep]
+            if not left:
+                return len(killed)
+            if not deadline:
+                deadline = time.monotonic() + wait
+            elif time.monotonic() > deadline:
+                return len(killed)
+            for pid in left:
+                with contextlib.suppress(OSError):
+                    os.kill(pid, signal.SIGKILL)
+                    killed.add(pid)
+            time.sleep(pause)  # a killed process takes a moment to leave the group
+            pause = min(0.02, pause * 2)
 
     def set_limit(self, mb: int | None) -> None:
         """Limit the group to ``mb`` MB (None: no limit). Raises OSError (EBUSY) if the

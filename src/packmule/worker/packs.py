@@ -62,8 +62,9 @@ class PackCache:
     def __init__(self, root: Path) -> None:
         self.root = root
         self.ready: dict[str, Path] = {}
-        #: Digests arriving or being unpacked, with the tasks waiting for each.
-        self.pending: dict[str, list[m.TaskSpec]] = {}
+        #: Digests arriving or being unpacked: tasks that need one wait for it (the
+        #: worker's :class:`~packmule.core.slots.Slots` keeps them, by digest).
+        self.pending: set[str] = set()
         self._incoming: dict[str, _Incoming] = {}
         self._unpacking: set[str] = set()
         #: The manager's number of the latest sending of each pack, to answer it.
@@ -104,7 +105,7 @@ class PackCache:
         if msg.offset == 0:
             self._transfer[digest] = msg.transfer
         if digest in self._unpacking:  # a resend after a reconnection: the unpack goes on
-            self.pending.setdefault(digest, [])
+            self.pending.add(digest)
             return None
         inc = self._incoming.get(digest)
         if msg.offset == 0:  # a new sending (a resend restarts)
@@ -142,7 +143,7 @@ class PackCache:
         fd, name = tempfile.mkstemp(dir=self.root, prefix=".incoming-", suffix=".tar")
         inc = _Incoming(msg, Path(name), os.fdopen(fd, "wb"))
         self._incoming[msg.digest] = inc
-        self.pending.setdefault(msg.digest, [])
+        self.pending.add(msg.digest)
         return inc
 
     def _discard(self, inc: _Incoming) -> None:
@@ -155,7 +156,7 @@ class PackCache:
         inc = self._incoming.get(msg.digest)
         if inc is not None:
             self._discard(inc)
-        self.pending.setdefault(msg.digest, [])
+        self.pending.discard(msg.digest)
         self.failed[msg.digest] = error
         return Unpacked(msg.digest, msg.transfer, None, error)
 
@@ -178,12 +179,12 @@ class PackCache:
         with contextlib.suppress(OSError):
             self._wake_w.send(b"x")
 
-    def finished(self) -> list[tuple[Unpacked, list[m.TaskSpec]]]:
-        """Unpacks that ended since the last call, with the tasks that waited for them."""
+    def finished(self) -> list[Unpacked]:
+        """Unpacks that ended since the last call (the tasks waiting for them may go on)."""
         with contextlib.suppress(BlockingIOError):
             while self._wake_r.recv(4096):
                 pass
-        out: list[tuple[Unpacked, list[m.TaskSpec]]] = []
+        out: list[Unpacked] = []
         while True:
             try:
                 done = self._done.get_nowait()
@@ -196,22 +197,16 @@ class PackCache:
                 self.ready[done.digest] = done.root
             elif not done.corrupted:
                 self.failed[done.digest] = done.error
-            out.append((done, self.pending.pop(done.digest, [])))
+            self.pending.discard(done.digest)
+            out.append(done)
 
     def forget_waiting(self) -> None:
         """A session ended: the manager requeues the tasks that waited for packs,
         and sends again what had not fully arrived."""
-        for waiting in self.pending.values():
-            waiting.clear()
         for inc in list(self._incoming.values()):
             self._discard(inc)
-            self.pending.pop(inc.msg.digest, None)
+            self.pending.discard(inc.msg.digest)
         self.failed.clear()
-
-    def drop_task(self, task_id: int, attempt: int) -> None:
-        """A task waiting for its pack was cancelled."""
-        for waiting in self.pending.values():
-            waiting[:] = [s for s in waiting if (s.task_id, s.attempt) != (task_id, attempt)]
 
     def interpreter(self, digest: str) -> str:
         return str(pack_python(self.ready[digest]))

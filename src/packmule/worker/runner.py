@@ -1,11 +1,26 @@
 """A runner: a warm interpreter that executes a worker's tasks, one at a time.
 
-The worker starts runners with ``python -m packmule.worker.runner FD BOARD``,
-each in its own session (process group), and talks to it over a socket pair
-(a :class:`Channel`): one msgpack request per task, one reply. Python tasks
-run inside the runner itself, so they pay no interpreter start; shell tasks
-run as a child in the runner's process group. Killing the group kills the task and anything it
-started; the worker then starts a fresh runner.
+The worker starts runners with ``python -m packmule.worker.runner CHANNEL BOARD
+STDOUT STDERR`` (four inherited file descriptors), each in its own session
+(process group) and as a *child subreaper* (``PR_SET_CHILD_SUBREAPER``, set by
+the worker between fork and exec), and talks to it over a socket pair (a
+:class:`Channel`): one :class:`~.runner_messages.Run` per task, one
+:class:`~.runner_messages.Done` back. Python tasks run inside the runner
+itself, so they pay no interpreter start; shell tasks run as a child in the
+runner's process group.
+
+Nothing the runner needs lives at a path a task could delete: the board and
+the two capture files are open descriptors of files the worker has already
+unlinked, and its own working directory is put back (or ``/``) after each
+task. A task's standard streams, working directory and environment are put
+back after it, whatever it did to them.
+
+When a task ends the runner kills every process it left behind
+(:func:`end_leftovers`): they are all its descendants, even those that left
+its process group or session and were orphaned (a subreaper adopts them), so
+it stops them parents first, kills them and reaps them. The runner itself
+lives on for the next task; the worker kills the whole runner instead when
+the task is killed (timeout, limits, cancel) or its leftovers would not die.
 
 The requests come from the worker, which got them from an authenticated
 manager: this is the only place where task calls are unpickled.
@@ -31,20 +46,21 @@ import sys
 import threading
 import time
 
-import msgpack
-
-from ..errors import SerializationError
+from ..errors import ProtocolError, SerializationError
 from ..serialize import dumps_exception, dumps_result, loads
+from .runner_messages import CUT_MARKER, OUTPUT_LIMIT, Done, Run, decode, encode
 
 #: ``typing`` would cost each runner 1.7 MB and 15 ms; only type checkers need it
 #: here (they take any ``TYPE_CHECKING`` as true).
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable
-    from typing import Any
+    from typing import Any, TextIO
 
-#: Captured stdout/stderr beyond this many bytes is cut (the end is kept).
-OUTPUT_LIMIT = 1 << 20
+#: Seconds a runner waits for the processes a task left behind to die once killed;
+#: those still there after it are reported (``Done.unkillable``), and the worker
+#: then kills the whole runner.
+KILL_WAIT = 2.0
 
 
 class Channel:
@@ -113,16 +129,33 @@ class Channel:
         self.close()
 
 
-def _read_capped(path: str) -> bytes:
+def _read_capped(fd: int) -> bytes:
+    """What a task wrote to a capture file, its end only beyond ``OUTPUT_LIMIT``."""
     try:
-        with open(path, "rb") as f:
-            size = os.fstat(f.fileno()).st_size
-            if size > OUTPUT_LIMIT:
-                f.seek(size - OUTPUT_LIMIT)
-                return b"[... output cut, last %d bytes follow ...]\n" % OUTPUT_LIMIT + f.read()
-            return f.read()
+        size = os.fstat(fd).st_size
+        if size > OUTPUT_LIMIT:
+            return CUT_MARKER % OUTPUT_LIMIT + _pread_all(fd, OUTPUT_LIMIT, size - OUTPUT_LIMIT)
+        return _pread_all(fd, size, 0)
     except OSError:
         return b""
+
+
+def _pread_all(fd: int, n: int, offset: int) -> bytes:
+    parts = []
+    while n > 0:
+        got = os.pread(fd, n, offset)
+        if not got:
+            break
+        parts.append(got)
+        n -= len(got)
+        offset += len(got)
+    return b"".join(parts)
+
+
+def _rewind(fd: int) -> None:
+    """Empty a capture file for the next task."""
+    os.ftruncate(fd, 0)
+    os.lseek(fd, 0, os.SEEK_SET)
 
 
 def unpickle_call(payload: bytes) -> tuple[Any, ...] | bytes:
@@ -208,16 +241,15 @@ def _self() -> _Proc:
     return _proc
 
 
-def run_shell(command: str, sandbox: str, env: dict[str, str], out_path: str,
-              err_path: str) -> tuple[int, int, float]:
+def run_shell(command: str, sandbox: str, env: dict[str, str], out: int,
+              err: int) -> tuple[int, int, float]:
     """Run a command; returns (exit code, child's peak RSS in bytes, child CPU seconds)."""
     import subprocess  # only runners that run shell tasks pay for it
 
-    with open(out_path, "wb") as out, open(err_path, "wb") as err:
-        proc = subprocess.Popen(
-            ["/bin/sh", "-c", command], cwd=sandbox, env={**os.environ, **env},
-            stdin=subprocess.DEVNULL, stdout=out, stderr=err,
-        )
+    proc = subprocess.Popen(
+        ["/bin/sh", "-c", command], cwd=sandbox, env={**os.environ, **env},
+        stdin=subprocess.DEVNULL, stdout=out, stderr=err,
+    )
     _, status, usage = os.wait4(proc.pid, 0)
     proc.returncode = os.waitstatus_to_exitcode(status)
     return proc.returncode, usage.ru_maxrss * 1024, usage.ru_utime + usage.ru_stime
@@ -227,8 +259,7 @@ class Board:
     """Where the runner posts (task number, baseline) for its worker to read: 16 bytes
     of a shared file, so no message is needed while the task runs."""
 
-    def __init__(self, path: str) -> None:
-        fd = os.open(path, os.O_RDWR)
+    def __init__(self, fd: int) -> None:
         try:
             self.map = mmap.mmap(fd, BOARD_SIZE)
         finally:
@@ -256,21 +287,201 @@ def _set_limit(path: str, limit: int | None) -> None:
         os.close(fd)
 
 
-def execute(req: dict[str, Any], started: Callable[[int], None]) -> dict[str, Any]:
+# ---------------------------------------------------------------- a task's processes
+
+
+def children(pid: int) -> list[int]:
+    """The children of process ``pid`` (of all its threads), from ``/proc``."""
+    out: list[int] = []
+    base = f"/proc/{pid}/task/"
+    try:
+        threads = os.listdir(base)
+    except OSError:
+        return out
+    for tid in threads:
+        try:
+            fd = os.open(f"{base}{tid}/children", os.O_RDONLY)
+        except OSError:  # the thread ended (or a kernel without the file: see below)
+            continue
+        try:
+            data = b""
+            while chunk := os.read(fd, 65536):
+                data += chunk
+        finally:
+            os.close(fd)
+        out.extend(int(x) for x in data.split())
+    if not out and not _HAVE_CHILDREN_FILES:
+        out = _children_by_scan(pid)
+    return out
+
+
+def _children_by_scan(pid: int) -> list[int]:
+    """``children`` on a kernel without ``/proc/PID/task/TID/children``: every
+    process's parent, from ``/proc/*/stat``."""
+    out = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        fields = stat[stat.rfind(b")") + 2:].split()
+        if len(fields) > 1 and int(fields[1]) == pid:
+            out.append(int(name))
+    return out
+
+
+_HAVE_CHILDREN_FILES = os.path.exists(f"/proc/self/task/{os.getpid()}/children")
+
+
+def stop_descendants(root: int, stopped: dict[int, None]) -> None:
+    """SIGSTOP every descendant of ``root`` not in ``stopped``, and add it there.
+
+    Parents first: a stopped process cannot reap its children, so a child's pid
+    cannot be freed and reused between reading it and stopping it, and a stopped
+    process cannot start more. Call again until ``stopped`` grows no more: a
+    process that exits before it is reached orphans its children, who then turn
+    up under the nearest subreaper (the runner).
+    """
+    todo = [root]
+    while todo:
+        for child in children(todo.pop()):
+            if child in stopped:
+                continue
+            try:
+                os.kill(child, signal.SIGSTOP)
+            except ProcessLookupError:
+                continue
+            stopped[child] = None
+            todo.append(child)
+
+
+def end_leftovers(wait: float = KILL_WAIT) -> tuple[int, int]:
+    """Kill every process this runner's task left behind, and reap them.
+
+    Returns (how many were killed, how many were still there after ``wait``
+    seconds). Costs one ``waitpid`` when the task left nothing.
+    """
+    me = os.getpid()
+    stopped: dict[int, None] = {}
+    if not _reap():
+        return 0, 0
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline:  # (a fork bomb may outrun a pass or two)
+        before = len(stopped)
+        stop_descendants(me, stopped)
+        if len(stopped) == before:
+            break
+    for pid in stopped:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    pause = 0.0005
+    while _reap():
+        if time.monotonic() > deadline:
+            return len(stopped), len(children(me))
+        time.sleep(pause)  # a killed process takes a moment to exit
+        pause = min(0.02, pause * 2)
+    return len(stopped), 0
+
+
+def _reap() -> bool:
+    """Reap this process's children that have exited; whether any are left."""
+    try:
+        while os.waitpid(-1, os.WNOHANG)[0]:
+            pass
+    except ChildProcessError:
+        return False
+    return True
+
+
+# ---------------------------------------------------------------- one task
+
+
+class RunnerState:
+    """What the runner puts back after every task: its standard streams (descriptors
+    and ``sys`` objects), working directory and environment."""
+
+    def __init__(self, out: int, err: int) -> None:
+        #: The capture files of the tasks' stdout and stderr (unlinked by the worker).
+        self.out, self.err = out, err
+        for fd in (0, 1, 2):  # a worker started with a stream closed: /dev/null there
+            try:
+                os.fstat(fd)
+            except OSError:
+                os.open(os.devnull, os.O_RDWR)  # the lowest free number: this one
+        self.null = os.open(os.devnull, os.O_RDWR)
+        # A task's output must not go to the worker's terminal between tasks either.
+        os.dup2(self.null, 0)
+        #: Descriptors 1 and 2 between tasks (the worker's), kept at other numbers.
+        self.saved = os.dup(1), os.dup(2)
+        self.streams = sys.stdin, sys.stdout, sys.stderr
+        try:
+            self.home = os.getcwd()
+        except OSError:  # started in a directory that is gone
+            self.home = "/"
+
+    def enter(self, sandbox: str, env: dict[str, str]) -> dict[str, str | None]:
+        """Set up a Python task: its environment, directory and captured streams."""
+        saved_env = {k: os.environ.get(k) for k in env}
+        os.environ.update(env)
+        for stream in self.streams[1:]:
+            with contextlib.suppress(Exception):
+                stream.flush()
+        os.dup2(self.out, 1)
+        os.dup2(self.err, 2)
+        os.chdir(sandbox)
+        return saved_env
+
+    def leave(self, saved_env: dict[str, str | None]) -> None:
+        """Put back what a Python task may have changed, whatever it did."""
+        for stream in (sys.stdout, sys.stderr, *self.streams[1:]):
+            with contextlib.suppress(Exception):
+                stream.flush()
+        os.dup2(self.null, 0)
+        os.dup2(self.saved[0], 1)
+        os.dup2(self.saved[1], 2)
+        # A task may have closed or replaced sys.stdin/stdout/stderr: ours again, or
+        # fresh ones on 0-2 where it closed ours.
+        self.streams = sys.stdin, sys.stdout, sys.stderr = (
+            _reopened(0, self.streams[0]), _reopened(1, self.streams[1]),
+            _reopened(2, self.streams[2]))
+        try:
+            os.chdir(self.home)
+        except OSError:  # the task removed it
+            self.home = "/"
+            os.chdir(self.home)
+        for k, v in saved_env.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _reopened(fd: int, stream: TextIO) -> TextIO:
+    """``stream``, or a new one on descriptor ``fd`` if a task closed it."""
+    if stream is None or not stream.closed:
+        return stream
+    return open(fd, "r" if fd == 0 else "w", closefd=False,
+                encoding=stream.encoding, errors=stream.errors, buffering=-1 if fd == 0 else 1)
+
+
+def execute(req: Run, started: Callable[[int], None], proc: RunnerState) -> Done:
     """Run one task as described by the worker's request, and measure it.
 
     The call is unpickled first, so the modules it imports into this warm
     interpreter are not billed to the task; then ``started`` gets the
     runner's resident set, the baseline the task's memory is measured from,
     and the runner's cgroup (``limit_file``) is limited to baseline plus the
-    task's ``memory_limit`` bytes.
+    task's ``memory_limit`` bytes. When the task has ended, the processes it
+    left running are killed.
     """
-    sandbox, env = req["sandbox"], req["env"]
-    out_path, err_path = req["stdout"], req["stderr"]
-    limit_file, limit = req.get("limit_file", ""), req.get("memory_limit", 0)
+    sandbox, env = req.sandbox, req.env
+    limit_file, limit = req.limit_file, req.memory_limit
     if limit_file and limit:
         _set_limit(limit_file, None)  # imports while unpickling are not the task's
-    call = unpickle_call(req["payload"]) if req["kind"] == "python" else ()
+    call = unpickle_call(req.payload) if req.kind == "python" else ()
     me = _self()
     me.reset_peak()
     baseline = me.rss()[0]
@@ -279,83 +490,64 @@ def execute(req: dict[str, Any], started: Callable[[int], None]) -> dict[str, An
         try:
             _set_limit(limit_file, baseline + limit)
         except OSError:  # the group already holds more than the task may use
-            return {"status": "exhausted", "value": b"", "exit_code": -1, "stdout": b"",
-                    "stderr": b"", "wall_time": 0.0, "peak_rss": limit + 1,
-                    "baseline": baseline, "rss_after": baseline, "cpu_time": 0.0,
-                    "bytes_read": 0, "bytes_written": 0}
+            return Done("exhausted", b"", -1, b"", b"", 0.0, limit + 1, baseline, baseline,
+                        0.0, 0, 0, 0, 0)
+    _rewind(proc.out)
+    _rewind(proc.err)
     io_before = me.read_written()
     cpu_before = time.process_time()
     start = time.perf_counter()
     exit_code = 0
     child_rss, child_cpu = 0, 0.0
-    if req["kind"] == "shell":
-        exit_code, child_rss, child_cpu = run_shell(req["command"], sandbox, env, out_path,
-                                                    err_path)
+    if req.kind == "shell":
+        exit_code, child_rss, child_cpu = run_shell(req.command, sandbox, env, proc.out,
+                                                    proc.err)
         status, value = "success", b""
     else:
-        saved_env = {k: os.environ.get(k) for k in env}
-        os.environ.update(env)
-        home = os.getcwd()
-        sys.stdout.flush()
-        sys.stderr.flush()
-        saved_fds = os.dup(1), os.dup(2)
-        out_fd = os.open(out_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        err_fd = os.open(err_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        os.dup2(out_fd, 1)
-        os.dup2(err_fd, 2)
-        os.close(out_fd)
-        os.close(err_fd)
+        saved_env = proc.enter(sandbox, env)
         try:
-            os.chdir(sandbox)
             if isinstance(call, bytes):
                 status, value = "exception", call
             else:
                 status, value = run_python(call)
         finally:
-            try:
-                sys.stdout.flush()
-                sys.stderr.flush()
-            except Exception:
-                pass
-            os.dup2(saved_fds[0], 1)
-            os.dup2(saved_fds[1], 2)
-            os.close(saved_fds[0])
-            os.close(saved_fds[1])
-            os.chdir(home)
-            for k, v in saved_env.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
+            proc.leave(saved_env)
     wall = time.perf_counter() - start
+    killed, unkillable = end_leftovers()
     io_after = me.read_written()
     rss_after, hwm = me.rss()
     # A Python task's memory is what it added to the warm interpreter; a shell
     # task's is its child's own peak (the runner only waits for it).
-    task_peak = child_rss if req["kind"] == "shell" else max(0, hwm - baseline)
-    return {
-        "status": status,
-        "value": value,
-        "exit_code": exit_code,
-        "stdout": _read_capped(out_path),
-        "stderr": _read_capped(err_path),
-        "wall_time": wall,
-        "peak_rss": task_peak,
-        "baseline": baseline,
-        "rss_after": rss_after,
-        "cpu_time": time.process_time() - cpu_before + child_cpu,
-        "bytes_read": io_after[0] - io_before[0],
-        "bytes_written": io_after[1] - io_before[1],
-    }
+    task_peak = child_rss if req.kind == "shell" else max(0, hwm - baseline)
+    return Done(
+        status, value, exit_code, _read_capped(proc.out), _read_capped(proc.err), wall,
+        task_peak, baseline, rss_after, max(0.0, time.process_time() - cpu_before + child_cpu),
+        max(0, io_after[0] - io_before[0]), max(0, io_after[1] - io_before[1]), killed,
+        unkillable,
+    )
+
+
+def refused(exc: Exception) -> Done:
+    """The answer to a request this runner cannot read: that task's failure."""
+    problem = ProtocolError(
+        f"the worker's request to its runner was malformed ({exc}); the runner may be "
+        "another packmule version's than the worker (a pack built by another version?)")
+    return Done("exception", dumps_exception(problem), -1, b"", b"", 0.0, 0, 0, 0, 0.0, 0, 0,
+                0, 0)
 
 
 def _die_with_parent(interval: float = 0.5) -> None:
-    """End this runner's whole process group (its task too) once the worker is gone."""
+    """End this runner, its task and what the task started once the worker is gone."""
     parent = os.getppid()
 
     def watch() -> None:
         while os.getppid() == parent:
             time.sleep(interval)
+        stopped: dict[int, None] = {}
+        stop_descendants(os.getpid(), stopped)
+        for pid in stopped:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
         os.killpg(0, signal.SIGKILL)
 
     threading.Thread(target=watch, name="parent-watch", daemon=True).start()
@@ -363,20 +555,21 @@ def _die_with_parent(interval: float = 0.5) -> None:
 
 def main() -> None:
     conn = Channel(int(sys.argv[1]))
-    board = Board(sys.argv[2])
+    board = Board(int(sys.argv[2]))
+    proc = RunnerState(int(sys.argv[3]), int(sys.argv[4]))
     _die_with_parent()
-    # A task's output must not go to the worker's terminal between tasks either.
-    devnull = os.open(os.devnull, os.O_RDWR)
-    os.dup2(devnull, 0)
-
     while True:
         try:
             data = conn.recv_bytes()
         except (EOFError, OSError):
             return
-        req = msgpack.unpackb(data, raw=False)
-        reply = execute(req, functools.partial(board.post, req["seq"]))
-        conn.send_bytes(msgpack.packb(reply, use_bin_type=True))
+        try:
+            req = decode(Run, data)
+        except ProtocolError as exc:
+            reply = refused(exc)
+        else:
+            reply = execute(req, functools.partial(board.post, req.seq), proc)
+        conn.send_bytes(encode(reply))
 
 
 if __name__ == "__main__":
