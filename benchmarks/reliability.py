@@ -44,7 +44,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -62,6 +61,8 @@ from typing import Any
 import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from tests.netns import Veth, veth_pair  # shared with the partition test
 from vs_workqueue import load_average, machine_info  # the sibling benchmark
 
 import packmule
@@ -172,76 +173,14 @@ def count_deliveries(manager: packmule.Manager) -> Counter[int]:
 
 
 # ================================================================ the partition
-def _ip(*args: str) -> None:
-    res = subprocess.run(["ip", *args], capture_output=True, text=True, timeout=10, check=False)
-    if res.returncode != 0:
-        raise OSError(f"ip {' '.join(args)}: {res.stderr.strip()}")
-
-
-class Veth:
-    """Namespace ``ns`` (eth0 = ``net.1``) paired with ``root_if`` (``net.254``) here."""
-
-    def __init__(self) -> None:
-        tag = os.getpid()
-        self.net = f"10.215.{tag % 250 + 1}"
-        self.ns = f"pmrel-{tag}"
-        self.root_if = f"pmr{tag}r"[:15]
-        self.host = f"{self.net}.254"
-        self.blackhole = ["blackhole", f"{self.net}.0/24", "metric", "4242"]
-        self.is_cut = False
-
-    def up(self) -> None:
-        _ip("route", "add", *self.blackhole)  # first: nothing for the /24 leaves the machine
-        _ip("netns", "add", self.ns)
-        _ip("link", "add", self.root_if, "type", "veth", "peer", "name", "eth0", "netns", self.ns)
-        _ip("addr", "add", f"{self.host}/24", "dev", self.root_if)
-        _ip("link", "set", self.root_if, "up")
-        _ip("-n", self.ns, "link", "set", "lo", "up")
-        _ip("-n", self.ns, "addr", "add", f"{self.net}.1/24", "dev", "eth0")
-        _ip("-n", self.ns, "link", "set", "eth0", "up")
-
-    def cut(self) -> None:
-        _ip("-n", self.ns, "link", "set", "eth0", "down")
-        self.is_cut = True
-
-    def heal(self) -> None:
-        _ip("-n", self.ns, "link", "set", "eth0", "up")
-        self.is_cut = False
-
-    def down(self) -> None:
-        for args in (["netns", "del", self.ns], ["link", "del", self.root_if]):
-            with suppress(OSError):
-                _ip(*args)
-        while True:
-            try:
-                _ip("route", "del", *self.blackhole)
-            except OSError:
-                break
-
-
 @contextmanager
 def partition_network(wanted: bool) -> Iterator[tuple[Veth | None, str]]:
     """A veth pair when asked for and possible, else None with the reason."""
     if not wanted:
         yield None, "not asked for (--no-partition)"
         return
-    if os.geteuid() != 0:
-        yield None, "needs root (a network namespace and a veth pair)"
-        return
-    if shutil.which("ip") is None or shutil.which("nsenter") is None:
-        yield None, "needs ip (iproute2) and nsenter (util-linux)"
-        return
-    veth = Veth()
-    try:
-        veth.up()
-    except OSError as exc:
-        veth.down()
-        yield None, f"cannot make a network namespace here: {exc}"
-        return
-    try:
-        yield veth, "available"
-    finally:
-        veth.down()
+    with veth_pair("pmrel", "10.215") as found:
+        yield found
 
 
 # ================================================================ one run
@@ -321,7 +260,7 @@ def one_run(args: argparse.Namespace, tmp: Path, name: str, faults: bool,
         for _ in range(args.workers):
             fleet.start()
         if veth is not None:
-            fleet.netns = fleet.start(["nsenter", f"--net=/run/netns/{veth.ns}"])
+            fleet.netns = fleet.start(veth.prefix)
         wanted = len(fleet.procs)
         if not wait_until(lambda: manager.stats().workers == wanted, 60):
             raise RuntimeError(f"only {manager.stats().workers} of {wanted} workers connected")

@@ -67,6 +67,7 @@ from vs_workqueue import load_average, machine_info
 import packmule
 from packmule import Resources
 from packmule.core.scheduler import ManagerState
+from packmule.core.states import Outcome
 
 TARGET_DECISIONS_PER_S = 50_000
 TARGET_GROWTH = 2.0
@@ -127,8 +128,8 @@ def run(s: ManagerState, durations: dict[int, int], tasks: int, per_completion: 
             batches += 1
             while ends and ends[0][0] == now:
                 _, tid, attempt = heapq.heappop(ends)
-                s.complete(tid, attempt, True, float(now), measured=measured,
-                           wall_time=float(durations[tid]))
+                s.result(tid, attempt, Outcome.SUCCEEDED, float(now), measured=measured,
+                         wall_time=float(durations[tid]))
                 s.forget(tid)
                 completed += 1
                 done += 1
@@ -186,13 +187,13 @@ def no_fit(workers: int, queued: int, shape_count: int, seed: int) -> dict[str, 
     unchanged = (time.perf_counter() - start) * 1000
     samples = []
     for tid, attempt in running[:5]:  # one attempt ends: 2 cores / 8,000 MB free, too small
-        s.complete(tid, attempt, True, 2.0)
+        s.result(tid, attempt, Outcome.SUCCEEDED, 2.0)
         start = time.perf_counter()
         assert s.schedule(2.0) == []
         samples.append((time.perf_counter() - start) * 1000)
     samples.sort()
     for tid, attempt in running[5:105]:  # one ends on each of (up to) 100 more workers
-        s.complete(tid, attempt, True, 3.0)
+        s.result(tid, attempt, Outcome.SUCCEEDED, 3.0)
     start = time.perf_counter()
     assert s.schedule(3.0) == []
     many = (time.perf_counter() - start) * 1000

@@ -4,6 +4,7 @@ start (port, run directory, password file), it was shut down, or its loop crashe
 from __future__ import annotations
 
 import errno
+import os
 import pickle
 import signal
 import time
@@ -114,3 +115,19 @@ def test_an_internal_error_in_the_loop_is_a_crash_with_its_traceback_logged(
             mgr.stats()
         assert worker.wait(timeout=20) == 0  # told to exit as the loop stopped
 
+
+
+def test_a_fatal_signal_leaves_its_traceback_in_a_file_the_crash_names(
+        cluster: ClusterFactory) -> None:
+    """faulthandler writes to manager.crash, not to the rotated manager.log: the
+    ManagerCrashed names that file once it holds a traceback."""
+    with cluster(0) as mgr:
+        crash_file = mgr.run_dir / ipc.LOOP_CRASH
+        assert crash_file.stat().st_size == 0
+        pending = mgr.submit(PythonTask(time.sleep, 30))
+        os.kill(mgr.loop_pid, signal.SIGSEGV)
+        with pytest.raises(ManagerCrashed, match=r"killed by SIGSEGV \(its traceback as it died "
+                                                 rf"is in {crash_file}\)") as got:
+            pending.result(timeout=10)
+        assert got.value.returncode == -signal.SIGSEGV
+        assert "Fatal Python error: Segmentation fault" in crash_file.read_text()

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 import time
 
+import psutil
 import pytest
 
 import packmule
 from packmule import PythonTask, Task
-from packmule.worker.monitor import CgroupRoot
+from packmule.worker.monitor import CgroupRoot, kill_recorded
 
 from .conftest import ClusterFactory, connected, wait_until
 from .test_cluster import max_overlap
@@ -135,3 +137,20 @@ def span_holding(mb: int, seconds: float) -> tuple[float, float]:
     start = time.time()
     hold(mb, seconds)
     return start, time.time()
+
+
+def test_recorded_processes_are_killed_only_if_they_are_the_same_processes() -> None:
+    """A recorded pid whose creation time no longer matches is another process now:
+    it is left alone; the process recorded, and still there, is killed."""
+    procs = [subprocess.Popen(["sleep", "30"]) for _ in range(2)]
+    try:
+        created = {p.pid: psutil.Process(p.pid).create_time() for p in procs}
+        reused = {procs[0].pid: created[procs[0].pid] - 10, procs[1].pid: created[procs[1].pid]}
+        assert kill_recorded(reused) == 1
+        assert procs[1].wait(timeout=5) == -9
+        assert procs[0].poll() is None
+        assert kill_recorded(created, keep=procs[0].pid) == 0  # kept; the other is gone
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()

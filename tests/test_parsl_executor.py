@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import sqlite3
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -20,6 +19,7 @@ from parsl.providers import LocalProvider
 
 from packmule import WorkQueueExecutor
 
+from .conftest import wait_until
 from .test_cluster import max_overlap
 
 WORKER = "--cores 2 --memory 4000 --disk 4000"
@@ -180,10 +180,7 @@ def test_a_crashed_manager_fails_the_apps_with_manager_crashed(tmp_path: Path) -
         running = nap(60)
         assert ex.manager is not None
         manager = ex.manager
-        deadline = time.monotonic() + 30
-        while manager.stats().tasks["running"] < 1:
-            assert time.monotonic() < deadline, "the app never started"
-            time.sleep(0.05)
+        wait_until(lambda: manager.stats().tasks["running"] >= 1, timeout=30)
         os.kill(manager.loop_pid, signal.SIGKILL)
         with pytest.raises(ManagerCrashed, match=r"killed by SIGKILL.*manager\.log"):
             running.result(timeout=10)
@@ -204,9 +201,7 @@ def test_outstanding_counts_cores_not_tasks(tmp_path: Path) -> None:
         for _ in range(10):
             compute(1)
         compute(1, parsl_resource_specification={"cores": 2})
-        deadline = time.monotonic() + 10
-        while ex.outstanding() < 12 and time.monotonic() < deadline:
-            time.sleep(0.01)
+        wait_until(lambda: ex.outstanding() >= 12, timeout=10)
         assert ex.outstanding() == 12
         # a 2-core local node: twelve cores of work is six blocks' worth, not eleven
         assert ex.workers_per_node == os.cpu_count()

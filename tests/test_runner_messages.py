@@ -5,9 +5,13 @@ runner that puts its process back in order after each task."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import pickle
 import re
+import socket
+import struct
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,8 +22,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from packmule.errors import ProtocolError
+from packmule.protocol import messages as m
+from packmule.resources import Resources
 from packmule.serialize import dumps_call, loads_exception
 from packmule.worker import daemon
+from packmule.worker.runner import Channel
 from packmule.worker.runner_messages import MAX_OUTPUT, Done, Run, decode, encode
 
 RUN = Run("python", b"payload", "", "/tmp/sandbox", {"A": "1"}, 3, "", 0)
@@ -113,6 +120,27 @@ def test_a_runner_kills_what_a_task_left_and_lives_on(runner: daemon.Runner) -> 
     assert run(runner, request(runner, 2, command="true")).killed == 0
 
 
+def test_a_runner_that_outlives_the_kill_wait_is_reaped_later(
+        runner: daemon.Runner, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A killed runner still there after REAP_WAIT (stuck in the kernel) is not left
+    a zombie: it is kept, and reaped once it has exited."""
+    wait = runner.proc.wait
+    waits = 0
+
+    def first_wait_times_out(timeout: float | None = None) -> int:
+        nonlocal waits
+        waits += 1
+        if waits == 1:
+            raise subprocess.TimeoutExpired(runner.proc.args, timeout or 0)
+        return wait(timeout)
+
+    monkeypatch.setattr(runner.proc, "wait", first_wait_times_out)
+    runner.kill()
+    assert daemon._stragglers == [runner.proc] and runner.proc.returncode is None
+    daemon.reap_stragglers(wait=5)
+    assert daemon._stragglers == [] and runner.proc.returncode == -9
+
+
 def closes_everything() -> str:
     sys.stdout.close()
     os.close(1)
@@ -136,3 +164,69 @@ def test_a_runner_puts_streams_directory_and_environment_back(runner: daemon.Run
     assert pickle.loads(second.value) == (runner.sandbox_str, "2")
     assert (second.stdout, second.stderr) == (b"hello\n", b"to stderr\n")
     assert "X" not in os.environ or os.environ["X"] != "changed"
+
+
+def test_a_runner_whose_worker_is_gone_exits_quietly(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str],
+) -> None:
+    r = daemon._spawn_runner(tmp_path / "r1", None)
+    try:
+        r.conn.send_bytes(encode(request(r, 1, command="true")))
+        r.conn.close()  # the worker dies before the answer: it meets a broken pipe
+        assert r.proc.wait(timeout=30) == 0
+    finally:
+        if r.proc.poll() is None:
+            r.proc.kill()
+            r.proc.wait()
+    assert "Traceback" not in capfd.readouterr().err
+
+
+@pytest.mark.parametrize(("frame", "says"), [
+    (struct.pack("!i", -2), "a message of length -2"),
+    (struct.pack("!iQ", -1, 1 << 62), f"a message of {1 << 62} bytes, more than the 100"),
+    (struct.pack("!i", 50) + b"x" * 10, "stopped after 10 of its 50 bytes"),
+    (b"\x00\x00", "stopped after 2 of its 4 bytes"),
+])
+def test_a_channel_refuses_a_broken_frame_when_asked_to(frame: bytes, says: str) -> None:
+    """What a task may write into its runner's channel: a ProtocolError for the worker,
+    not a crash, a huge allocation or a wait for bytes that never come."""
+    ours, theirs = socket.socketpair()
+    channel = Channel(ours.detach())
+    try:
+        theirs.sendall(frame)
+        with pytest.raises(ProtocolError, match=re.escape(says)):
+            channel.recv_bytes(limit=100, patience=0.05)
+    finally:
+        channel.close()
+        theirs.close()
+
+
+def test_a_runner_that_cannot_be_replaced_fails_its_task_not_the_session(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A runner found dead when its task is handed over gets one fresh try; when no fresh
+    one can start (out of descriptors, say), the task fails alone."""
+    worker = daemon.Worker("127.0.0.1", 1, secret=b"s", resources=Resources(1, 100, 100, 0),
+                           gpu_ids=[], workdir=tmp_path, enforce="poll",
+                           pack_cache=tmp_path / "packs")
+    worker.free_gpus, worker._seq = [], 0  # (as a session sets them)
+    dead = daemon._spawn_runner(tmp_path / "r1", None)
+    dead.proc.kill()  # it died while idle
+    dead.proc.wait()
+    runners = iter([dead])
+
+    def runner_for(settings: tuple[str, str, str]) -> daemon.Runner:
+        r = next(runners, None)
+        if r is None:
+            raise OSError(errno.EMFILE, "Too many open files")
+        return r
+
+    monkeypatch.setattr(worker, "_runner_for", runner_for)
+    spec = m.TaskSpec(1, 1, "shell", b"", "true", {"cores": 1, "memory": 10, "disk": 10,
+                      "gpus": 0}, {}, [], [], 0.0, "")
+    try:
+        got = worker._start(spec, Resources(1, 10, 10, 0), 0.0)
+    finally:
+        worker.packs.close()
+    assert isinstance(got, m.TaskResult), got
+    assert got.status is m.TaskStatus.CRASHED and "Too many open files" in got.message

@@ -47,7 +47,7 @@ def test_two_core_task_waits_for_a_whole_worker() -> None:
     (a,) = s.schedule(now=0)
     s.submit(2, Resources(cores=2), now=0)
     assert s.schedule(now=1) == []
-    assert s.complete(1, a.attempt, True, now=2) is Verdict.DONE
+    assert s.result(1, a.attempt, Outcome.SUCCEEDED, now=2).verdict is Verdict.DONE
     (b,) = s.schedule(now=3)
     assert b.task_id == 2 and b.allocation == TWO
 
@@ -69,7 +69,7 @@ def test_higher_priority_first_then_fifo() -> None:
     for t in range(3):
         (a,) = s.schedule(now=t)
         order.append(a.task_id)
-        s.complete(a.task_id, a.attempt, True, now=t)
+        s.result(a.task_id, a.attempt, Outcome.SUCCEEDED, now=t)
     assert order == [2, 3, 1]
 
 
@@ -97,8 +97,9 @@ def test_lost_worker_requeues_without_using_retries_and_stale_result_is_discarde
     s.add_worker("w1", TWO, now=2)
     (b,) = s.schedule(now=2)
     assert b.attempt == a.attempt + 1
-    assert s.complete(1, a.attempt, True, now=3) is Verdict.STALE  # late result from w0
-    assert s.complete(1, b.attempt, True, now=3) is Verdict.DONE
+    # A late result from w0:
+    assert s.result(1, a.attempt, Outcome.SUCCEEDED, now=3).verdict is Verdict.STALE
+    assert s.result(1, b.attempt, Outcome.SUCCEEDED, now=3).verdict is Verdict.DONE
 
 
 def test_requeues_are_capped() -> None:
@@ -157,16 +158,17 @@ def test_user_failure_uses_retries_then_fails() -> None:
     s = state_with_workers(TWO)
     s.submit(1, Resources(cores=1), now=0, max_retries=1)
     (a,) = s.schedule(now=0)
-    assert s.complete(1, a.attempt, False, now=1) is Verdict.RETRY
+    assert s.result(1, a.attempt, Outcome.RAISED, now=1).verdict is Verdict.RETRY
     (b,) = s.schedule(now=1)
-    assert s.complete(1, b.attempt, False, now=2) is Verdict.FAILED
+    assert s.result(1, b.attempt, Outcome.RAISED, now=2).verdict is Verdict.FAILED
 
 
 def test_forsaken_task_goes_back_without_using_retries() -> None:
     s = state_with_workers(TWO)
     s.submit(1, Resources(cores=1), now=0)
     (a,) = s.schedule(now=0)
-    assert s.forsake(1, a.attempt, now=1, why="did not fit") is Verdict.REQUEUED
+    assert s.result(1, a.attempt, Outcome.FORSAKEN, now=1,
+                    why="did not fit").verdict is Verdict.REQUEUED
     assert s.tasks[1].retries_left == 0 and s.tasks[1].state is TaskState.WAITING
 
 
@@ -330,10 +332,11 @@ class SchedulerMachine(EventStream):
         # Mostly short tasks, so that prefetching happens too.
         tid = data.draw(st.sampled_from(self.running()))
         attempt = self.s.tasks[tid].attempt - (1 if stale else 0)
-        v = self.s.complete(tid, attempt, ok, self.tick(), measured=Resources(1, 10, 10, 0),
-                            wall_time=wall)
+        outcome = Outcome.SUCCEEDED if ok else Outcome.RAISED
+        ruling = self.s.result(tid, attempt, outcome, self.tick(),
+                               measured=Resources(1, 10, 10, 0), wall_time=wall)
         if stale:
-            assert v is Verdict.STALE
+            assert ruling.verdict is Verdict.STALE
 
     @rule(req=requests, minimum=minimums, avoid_first=st.booleans())
     def index_agrees_with_a_scan(self, req: Resources, minimum: Resources,
@@ -413,8 +416,9 @@ class SameDecisionsMachine(EventStream):
     @rule(data=st.data(), ok=st.booleans(), wall=st.sampled_from([0.001, 5.0]))
     def complete(self, data: st.DataObject, ok: bool, wall: float) -> None:
         tid = data.draw(st.sampled_from(self.running()))
-        self.s.complete(tid, self.s.tasks[tid].attempt, ok, self.tick(),
-                        measured=Resources(1, 10, 10, 0), wall_time=wall)
+        outcome = Outcome.SUCCEEDED if ok else Outcome.RAISED
+        self.s.result(tid, self.s.tasks[tid].attempt, outcome, self.tick(),
+                      measured=Resources(1, 10, 10, 0), wall_time=wall)
 
 
 SameDecisionsMachine.TestCase.settings = settings(max_examples=150, stateful_step_count=50,
@@ -427,7 +431,8 @@ def learned_short(s: ManagerState, wall: float = 0.001) -> None:
     for i in range(1000, 1000 + WALL_MIN_TASKS):
         s.submit(i, Resources(cores=1), now=0)
         (a,) = s.schedule(now=0)
-        s.complete(i, a.attempt, True, now=0, measured=Resources(1, 10, 10, 0), wall_time=wall)
+        s.result(i, a.attempt, Outcome.SUCCEEDED, now=0, measured=Resources(1, 10, 10, 0),
+                 wall_time=wall)
 
 
 def test_short_tasks_are_prefetched_one_per_running_task() -> None:
@@ -440,7 +445,7 @@ def test_short_tasks_are_prefetched_one_per_running_task() -> None:
     w = s.workers["w0"]
     assert sorted(w.running) == [1, 2] and list(w.queued) == [3, 4]
     assert w.committed == TWO  # prefetched tasks hold nothing until they start
-    s.complete(1, 1, True, now=2)
+    s.result(1, 1, Outcome.SUCCEEDED, now=2)
     assert sorted(w.running) == [2, 3] and list(w.queued) == [4]  # the worker starts 3 at once
     (a,) = s.schedule(now=3)
     assert a.task_id == 5 and list(w.queued) == [4, 5]
@@ -480,7 +485,7 @@ def test_higher_priority_wide_task_is_not_starved_by_lower_priority_narrow_ones(
     for i in range(3, 8):
         s.submit(i, Resources(cores=1), now=0, priority=0)
     assert s.schedule(now=1) == []  # the free core is held for task 2
-    s.complete(1, first.attempt, True, now=2)
+    s.result(1, first.attempt, Outcome.SUCCEEDED, now=2)
     (a,) = s.schedule(now=3)
     assert a.task_id == 2
 
@@ -511,9 +516,10 @@ def test_result_from_another_worker_is_stale() -> None:
     s.submit(1, Resources(cores=1), now=0)
     (a,) = s.schedule(now=0)
     other = "w1" if a.worker == "w0" else "w0"
-    assert s.complete(1, a.attempt, True, now=1, worker=other) is Verdict.STALE
-    assert s.forsake(1, a.attempt, now=1, why="x", worker=other) is Verdict.STALE
-    assert s.complete(1, a.attempt, True, now=1, worker=a.worker) is Verdict.DONE
+    assert s.result(1, a.attempt, Outcome.SUCCEEDED, now=1, worker=other).verdict is Verdict.STALE
+    assert s.result(1, a.attempt, Outcome.FORSAKEN, now=1, why="x",
+                    worker=other).verdict is Verdict.STALE
+    assert s.result(1, a.attempt, Outcome.SUCCEEDED, now=1, worker=a.worker).verdict is Verdict.DONE
 
 
 def test_a_task_is_not_placed_again_on_a_worker_that_cannot_run_it() -> None:
@@ -537,8 +543,8 @@ def test_a_task_no_connected_worker_can_run_fails_as_unusable() -> None:
     s = state_with_workers(TWO, TWO)
     s.submit(1, Resources(cores=2), now=0)
     (a,) = s.schedule(now=0)
-    assert s.forsake(1, a.attempt, now=1, why="pack unusable", worker=a.worker,
-                     avoid=True) is Verdict.REQUEUED
+    assert s.result(1, a.attempt, Outcome.UNUSABLE, now=1, worker=a.worker,
+                    why="pack unusable").verdict is Verdict.REQUEUED
     (b,) = s.schedule(now=2)
     assert s.result(1, b.attempt, Outcome.UNUSABLE, now=3, worker=b.worker,
                     why="pack unusable") == Ruling(Verdict.FAILED, Failure.UNUSABLE)
@@ -592,7 +598,7 @@ def test_a_pass_that_places_nothing_does_not_look_at_every_worker(
         # of the 42 shapes once; after that, a pass looks at the one worker touched.
         looked.clear()
         counted = 0
-        s.complete(tid, attempt, True, now=2 + i)
+        s.result(tid, attempt, Outcome.SUCCEEDED, now=2 + i)
         assert s.schedule(now=2 + i) == []
         assert len(looked) <= 2 * 42 and counted <= 42, (counted, len(looked))
     assert counted == 0 and not looked, (counted, len(looked))
@@ -611,7 +617,7 @@ def test_the_index_agrees_with_a_scan_with_many_workers() -> None:
     for step in range(3000):
         if running and rng.random() < 0.45:
             t, attempt = running.pop(rng.randrange(len(running)))
-            s.complete(t, attempt, True, now=step)
+            s.result(t, attempt, Outcome.SUCCEEDED, now=step)
         else:
             tid += 1
             s.submit(tid, Resources(cores=rng.randint(1, 8), memory=rng.randint(1, 32) * 500,
@@ -646,7 +652,7 @@ def test_a_waiting_wide_task_holds_its_worker_once_lower_priority_tasks_arrive()
     for i in range(20, 30):
         s.submit(i, Resources(cores=1), now=2, priority=0)
     for a in running:
-        s.complete(a.task_id, a.attempt, True, now=3)
+        s.result(a.task_id, a.attempt, Outcome.SUCCEEDED, now=3)
         out = s.schedule(now=3)
         assert all(b.task_id == 10 for b in out), out
     assert s.tasks[10].state is TaskState.RUNNING

@@ -119,6 +119,15 @@ def test_values_out_of_range_are_refused(cls: type[m.Message], field: str, value
         m.decode(raw(cls, **{field: value}))
 
 
+def test_a_result_may_exceed_only_a_resource() -> None:
+    """The core looks each name up among the resources: another is the peer's error."""
+    result = sample(m.TaskResult)
+    result[13] = ["memory", "foo"]
+    with pytest.raises(ProtocolError, match=r"field 'results\[0\]\.exceeded\[1\]' must be "
+                                            r"one of 'cores', 'memory', 'disk', 'gpus'"):
+        m.decode(msgpack.packb([m.Results.TAG, [result]], use_bin_type=True))
+
+
 def test_what_is_allowed_stays_allowed() -> None:
     r = sample(m.TaskResult)
     r[4] = -9  # exit codes may be negative (signals)

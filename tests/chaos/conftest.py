@@ -39,6 +39,7 @@ from typing import Any
 
 import psutil
 import pytest
+import zmq
 
 from packmule import Manager, PythonTask
 from packmule.protocol.security import PASSWORD_ENV
@@ -49,7 +50,7 @@ from .sidechannel import chaos_task, executions
 __all__ = [
     "FAST", "ClusterFactory", "Deliveries", "ExecutionLog", "Fleet", "Outcome", "PidTree",
     "bounded", "check_exactly_once", "connected", "descendants", "still_running", "wait_all",
-    "wait_until",
+    "wait_until", "zmq_context",
 ]
 
 #: Manager settings for chaos runs: the ``cluster`` defaults (heartbeat 0.2 s,
@@ -175,6 +176,17 @@ def bounded(seconds: float, what: str = "the test") -> Iterator[None]:
     yield
     took = time.monotonic() - start
     assert took <= seconds, f"{what} took {took:.1f} s, over its bound of {seconds} s"
+
+
+@contextmanager
+def zmq_context() -> Iterator[zmq.Context[Any]]:
+    """A ZeroMQ context of the test's own (for sockets that pose as peers), destroyed at
+    the end without waiting for unsent messages."""
+    ctx: zmq.Context[Any] = zmq.Context()
+    try:
+        yield ctx
+    finally:
+        ctx.destroy(linger=0)
 
 
 # ------------------------------------------------------------------ pid tree

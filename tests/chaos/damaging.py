@@ -130,6 +130,15 @@ def garble_channel(side: str) -> str:
     return "garbled"
 
 
+def misframe_channel(side: str, header: bytes) -> str:
+    """Write a broken frame header into the runner's channel (a negative or huge length,
+    or one that promises more than follows); the runner's own reply comes after it."""
+    channel = int(sys.argv[1])
+    mark(side, "damage-done")
+    os.write(channel, header)
+    return "misframed"
+
+
 # ---------------------------------------------------------------- processes left behind
 
 

@@ -19,6 +19,7 @@ worker with two cores:
 from __future__ import annotations
 
 import os
+import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,6 +72,12 @@ CASES = {
     "leaves-session": Case(py(damaging.own_session), error=PermissionError),
     "garbles-channel": Case(py(damaging.garble_channel), error=packmule.TaskCrashed,
                             match="malformed reply"),
+    "negative-frame-length": Case(py(damaging.misframe_channel, struct.pack("!i", -2)),
+                                  error=packmule.TaskCrashed, match="malformed reply"),
+    "huge-frame-length": Case(py(damaging.misframe_channel, struct.pack("!iQ", -1, 1 << 62)),
+                              error=packmule.TaskCrashed, match="malformed reply"),
+    "frame-promises-more": Case(py(damaging.misframe_channel, struct.pack("!i", 1 << 20)),
+                                error=packmule.TaskCrashed, match="malformed reply"),
     "background-children": Case(py(damaging.background, "1"), "left running"),
     "shell-background-child": Case(
         sh(f'sleep 300.41 & echo "$! sleep 300.41" >> SIDE/pids; {DONE}'),

@@ -23,7 +23,7 @@ import subprocess
 import sys
 import time
 import typing
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +38,7 @@ from packmule import Manager, PythonTask
 from packmule.protocol import messages as m
 from packmule.protocol.security import PASSWORD_ENV, derive_keys
 
-from ..conftest import ClusterFactory, connected, wait_until
+from .conftest import ClusterFactory, connected, wait_until, zmq_context
 
 pytestmark = pytest.mark.chaos
 
@@ -172,15 +172,6 @@ def loop_alive(mgr: Manager) -> bool:
         return psutil.Process(mgr.loop_pid).status() != psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return False
-
-
-@contextlib.contextmanager
-def zmq_context() -> Iterator[zmq.Context[Any]]:
-    ctx: zmq.Context[Any] = zmq.Context()
-    try:
-        yield ctx
-    finally:
-        ctx.destroy(linger=0)
 
 
 def test_fuzzed_messages_from_peers_with_the_password_never_stop_the_manager(
@@ -342,6 +333,8 @@ def test_fuzzed_messages_from_a_manager_never_crash_the_worker(tmp_path: Path) -
                         [msgpack.packb([m.Dispatch.TAG, [[1, 1, "python", b"", "", {}, {},
                                                           [["../x", "", b""]], [], 0.0, ""]]])],
                         [m.encode(m.PutPack("0" * 64, "0" * 64, 10, 0, 1))],
+                        [m.encode(m.Piece(0, 1 << 20))],  # (no data frame)
+                        [m.encode(m.Piece(0, 3 << 30)), b"x"],  # (over MAX_MESSAGE)
                         [b"\xc1 not msgpack"]):
                 ident = fake.session()
                 fake.router.send_multipart([ident, *bad])

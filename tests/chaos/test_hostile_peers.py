@@ -13,7 +13,6 @@ import os
 import socket
 import struct
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import psutil
@@ -28,7 +27,7 @@ from packmule.protocol.pieces import MAX_FRAME
 from packmule.protocol.security import derive_keys
 from packmule.resources import Resources
 
-from ..conftest import ClusterFactory, connected, wait_until
+from .conftest import ClusterFactory, connected, wait_until, zmq_context
 
 pytestmark = pytest.mark.chaos
 
@@ -89,15 +88,6 @@ def curve_dealer(ctx: zmq.Context[Any], address: str, server_key: bytes, public:
     sock.linger = 0
     sock.connect(f"tcp://{address}")
     return sock
-
-
-@contextlib.contextmanager
-def zmq_context() -> Iterator[zmq.Context[Any]]:
-    ctx: zmq.Context[Any] = zmq.Context()
-    try:
-        yield ctx
-    finally:
-        ctx.destroy(linger=0)
 
 
 def hello() -> bytes:

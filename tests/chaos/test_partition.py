@@ -7,22 +7,18 @@ silences the worker: past the lease the manager declares it lost and reruns
 its tasks on a worker in the root namespace. Once the link is back, the
 worker reconnects and serves again; every task's result arrives exactly once.
 
-Network safety (docs DESIGN, "Network rules for tests"): a blackhole route
-for the private /24 goes into the root namespace before any address is given,
-so a packet for it never leaves the machine; everything is removed at the end.
+The namespace, and its network safety, are ``tests/netns.py``'s.
 """
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
 import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
+from ..netns import Veth, veth_pair
 from .conftest import (
     ClusterFactory,
     Deliveries,
@@ -41,72 +37,12 @@ pytestmark = pytest.mark.chaos
 TASK_S = 1.0
 
 
-def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    res = subprocess.run(["ip", *args], capture_output=True, text=True, timeout=10, check=False)
-    if check and res.returncode != 0:
-        raise RuntimeError(f"ip {' '.join(args)}: {res.stderr.strip()}")
-    return res
-
-
-class Veth:
-    """A namespace ``ns`` holding ``eth0`` = ``net.1``, paired with ``root_if`` = ``net.254``."""
-
-    def __init__(self, tag: int) -> None:
-        self.net = f"10.214.{tag % 250 + 1}"
-        self.ns = f"pmchaos-{tag}"
-        self.root_if = f"pmc{tag}r"[:15]
-        self.blackhole = ["blackhole", f"{self.net}.0/24", "metric", "4242"]
-        self.host = f"{self.net}.254"
-
-    def up(self) -> None:
-        _ip("route", "add", *self.blackhole)  # first: nothing for the /24 leaves the machine
-        _ip("netns", "add", self.ns)
-        _ip("link", "add", self.root_if, "type", "veth", "peer", "name", "eth0", "netns", self.ns)
-        _ip("addr", "add", f"{self.host}/24", "dev", self.root_if)
-        _ip("link", "set", self.root_if, "up")
-        self.inside("link", "set", "lo", "up")
-        self.inside("addr", "add", f"{self.net}.1/24", "dev", "eth0")
-        self.inside("link", "set", "eth0", "up")
-
-    def inside(self, *args: str) -> None:
-        _ip("-n", self.ns, *args)
-
-    def cut(self) -> None:
-        """Take the namespace's end down: its route to the manager goes with it."""
-        self.inside("link", "set", "eth0", "down")
-
-    def heal(self) -> None:
-        self.inside("link", "set", "eth0", "up")
-
-    def down(self) -> None:
-        _ip("netns", "del", self.ns, check=False)  # takes the pair with it
-        _ip("link", "del", self.root_if, check=False)
-        while _ip("route", "del", *self.blackhole, check=False).returncode == 0:
-            pass
-
-    @property
-    def prefix(self) -> list[str]:
-        """Run a command in the namespace (nsenter keeps /sys and its cgroup mounts)."""
-        return ["nsenter", f"--net=/run/netns/{self.ns}"]
-
-
 @pytest.fixture
 def veth() -> Iterator[Veth]:
-    if os.geteuid() != 0:
-        pytest.skip("needs root: the partition test makes a network namespace and a veth pair")
-    for tool in ("ip", "nsenter"):
-        if shutil.which(tool) is None:
-            pytest.skip(f"needs {tool} (iproute2, util-linux) to make a network namespace")
-    pair = Veth(os.getpid())
-    try:
-        pair.up()
-    except RuntimeError as exc:
-        pair.down()
-        pytest.skip(f"cannot make a network namespace and veth pair here: {exc}")
-    try:
+    with veth_pair("pmchaos", "10.214") as (pair, why):
+        if pair is None:
+            pytest.skip(f"the partition test {why}")
         yield pair
-    finally:
-        pair.down()
 
 
 def test_partitioned_worker_is_replaced_then_reconnects_after_healing(

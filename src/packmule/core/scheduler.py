@@ -327,35 +327,6 @@ class ManagerState:
         self._check()
         return ruling
 
-    def complete(
-        self, task_id: int, attempt: int, success: bool, now: float, worker: str | None = None,
-        measured: Resources | None = None, wall_time: float = 0.0, cores: float | None = None,
-    ) -> Verdict:
-        """An attempt ran to its end: ``success`` false means the task's code failed
-        (:meth:`result` with SUCCEEDED or RAISED)."""
-        return self.result(task_id, attempt, Outcome.SUCCEEDED if success else Outcome.RAISED,
-                           now, worker, measured=measured, wall_time=wall_time,
-                           cores=cores).verdict
-
-    def forsake(
-        self, task_id: int, attempt: int, now: float, why: str, worker: str | None = None,
-        avoid: bool = False,
-    ) -> Verdict:
-        """The attempt ended through no fault of the task (:meth:`result` with FORSAKEN, or
-        with ``avoid`` UNUSABLE: that worker never can run it)."""
-        return self.result(task_id, attempt, Outcome.UNUSABLE if avoid else Outcome.FORSAKEN,
-                           now, worker, why=why).verdict
-
-    def exhausted(
-        self, task_id: int, attempt: int, exceeded: list[str], now: float,
-        worker: str | None = None, measured: Resources | None = None,
-        wall_time: float = 0.0, cores: float | None = None,
-    ) -> Verdict:
-        """The attempt was killed for using more of ``exceeded`` than it was allocated
-        (:meth:`result` with EXHAUSTED)."""
-        return self.result(task_id, attempt, Outcome.EXHAUSTED, now, worker, measured=measured,
-                           wall_time=wall_time, cores=cores, exceeded=exceeded).verdict
-
     def _learn(self, t: TaskRecord, measured: Resources, wall_time: float,
                cores: float | None) -> None:
         cat = self.category(t.category)

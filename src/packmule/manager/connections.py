@@ -16,7 +16,7 @@ import math
 import os
 import resource
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import zmq
@@ -24,7 +24,7 @@ import zmq.utils.z85
 
 from ..errors import ProtocolError
 from ..protocol import messages as m
-from ..protocol.pieces import Assembler
+from ..protocol.pieces import PIECE_SIZE, Assembler, Outbox
 from ..protocol.security import derive_keys
 from ..protocol.sockets import HANDSHAKE_FAILED, drain_events, server_socket
 from ..resources import Resources
@@ -72,6 +72,8 @@ class WorkerConn:
     hostname: str
     pid: int
     resources: Resources
+    #: Messages to it in order behind one that goes in pieces (None: none has yet).
+    outbox: Outbox | None = None
 
 
 def _socket_at(fd: int) -> socket.socket | None:
@@ -163,10 +165,42 @@ class Connections:
         return conn
 
     # ---------------------------------------------------------------- sending
-    def send(self, wid: str, msg: m.Message) -> bool:
-        """Send to a connected worker; False if it is not connected (any more)."""
+    def send(self, wid: str, msg: m.Message, urgent: bool = False, large: bool = False
+             ) -> bool:
+        """Send to a connected worker, in order; False if it is not connected (any more).
+
+        A message larger than a piece goes in paced pieces, and those sent after it
+        wait their turn (see :class:`~packmule.protocol.pieces.Outbox`), except an
+        ``urgent`` one (Exit), which goes at once, between two pieces. ``large``: it
+        may carry large fields (a task's argument, a file), encoded without a copy."""
         conn = self.workers.get(wid)
-        return conn is not None and self.send_frames(conn.identity, [m.encode(msg)])
+        if conn is None:
+            return False
+        box = conn.outbox
+        if large or (box is not None and box.busy and not urgent):
+            if box is None:
+                box = conn.outbox = Outbox()
+            return box.put(msg, self._sender(conn.identity), large)
+        data = m.encode(msg)
+        if len(data) <= PIECE_SIZE:  # (nearly every message: no more than this)
+            return self.send_frames(conn.identity, [data])
+        if box is None:
+            box = conn.outbox = Outbox()
+        return box.put(data, self._sender(conn.identity))
+
+    def progress(self, wid: str, received: int) -> bool:
+        """A worker's acknowledgement of the pieces it received: send it more. False: it
+        is gone. ProtocolError: it claims more than was sent."""
+        conn = self.workers.get(wid)
+        if conn is None:
+            return True
+        box = conn.outbox
+        if box is None:
+            box = conn.outbox = Outbox()  # (nothing sent: any count but 0 is refused)
+        return box.progress(received, self._sender(conn.identity))
+
+    def _sender(self, identity: bytes) -> Callable[[list[bytes | memoryview]], bool]:
+        return lambda frames: self.send_frames(identity, frames)
 
     def send_frames(self, identity: bytes, frames: list[bytes | memoryview],
                     copy: bool = True) -> bool:

@@ -9,6 +9,7 @@ unknown tag or the wrong shape is a :class:`~packmule.errors.ProtocolError`.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import logging
 import os
@@ -25,8 +26,11 @@ from ..resources import Resources
 from ..task import File
 
 #: The loop's log file, in the run directory: what it logs at INFO and above, and the
-#: traceback of an internal error or a fatal signal.
+#: traceback of an internal error.
 LOOP_LOG = "manager.log"
+#: The loop's fatal-signal file, in the run directory: where ``faulthandler`` writes the
+#: Python traceback of a fatal signal (a segfault, say); empty unless the loop died so.
+LOOP_CRASH = "manager.crash"
 #: The loop process's exit code after an internal error (``EX_SOFTWARE``).
 EXIT_CRASHED = 70
 
@@ -200,6 +204,10 @@ def decode(raw: object) -> Message:
     return msg
 
 
+#: A message to the Manager at least this large is written from where it is, not copied.
+_NOT_COPIED = 1 << 20
+
+
 class Outbox:
     """Messages to the Manager, framed as ``Connection.send`` frames them, and
     written without ever blocking the loop: a Manager thread may be sending to
@@ -208,7 +216,9 @@ class Outbox:
 
     def __init__(self, fd: int) -> None:
         self._sock = socket.socket(fileno=os.dup(fd))
-        self._buf = bytearray()
+        #: What is left to write: small messages joined, a large one as it is (a 200 MB
+        #: result is not copied once more, which would hold up the loop).
+        self._out: collections.deque[bytearray | memoryview] = collections.deque()
         self.broken = False  # the Manager's process is gone
 
     def put(self, msg: Message) -> None:
@@ -218,31 +228,46 @@ class Outbox:
             data = pickle.dumps(encode(Log(logging.ERROR, "packmule.manager",
                                            f"a message to the Manager could not be pickled: "
                                            f"{exc}")))
-        self._buf += struct.pack("!i", len(data))
-        self._buf += data
+        out = self._out
+        tail = out[-1] if out else None
+        if not isinstance(tail, bytearray):
+            tail = bytearray()
+            out.append(tail)
+        tail += struct.pack("!i", len(data))
+        if len(data) < _NOT_COPIED:
+            tail += data
+        else:
+            out.append(memoryview(data))
         self.flush()
 
     def flush(self) -> None:
-        while self._buf and not self.broken:
+        out = self._out
+        while out and not self.broken:
+            head = out[0]
             try:
-                n = self._sock.send(self._buf, socket.MSG_DONTWAIT)
+                n = self._sock.send(head, socket.MSG_DONTWAIT)
             except BlockingIOError:
                 return
             except OSError:
                 self.broken = True
                 return
-            del self._buf[:n]
+            if n == len(head):
+                out.popleft()
+            elif isinstance(head, bytearray):
+                del head[:n]
+            else:
+                out[0] = head[n:]
 
     @property
     def pending(self) -> bool:
-        return bool(self._buf) and not self.broken
+        return bool(self._out) and not self.broken
 
     def close(self, timeout: float) -> None:
         """Deliver what is left (waiting at most ``timeout`` seconds), then close."""
         with contextlib.suppress(OSError):
             self._sock.settimeout(timeout)
-            if self._buf and not self.broken:
-                self._sock.sendall(self._buf)
+            while self._out and not self.broken:
+                self._sock.sendall(self._out.popleft())
         self._sock.close()
 
 

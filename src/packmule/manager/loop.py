@@ -31,6 +31,7 @@ import signal
 import socket
 import sys
 import time
+from collections.abc import Callable
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
@@ -49,6 +50,7 @@ from ..errors import (
     WorkerLost,
 )
 from ..protocol import messages as m
+from ..protocol.pieces import MAX_TASK_DATA, PIECE_SIZE, too_large_to_send
 from ..resources import ZERO, Resources
 from . import ipc
 from .connections import HEARTBEAT_SLICES, Connections, WorkerConn
@@ -313,8 +315,9 @@ class Loop:
             data = None
             try:
                 data = self.net.assemble(identity, frames)
-                if data is None:
-                    continue  # a piece of a message still being joined
+                if data is None:  # a piece of a message still being joined
+                    self.core.seen(wid, now)  # (a large result may take longer than a lease)
+                    continue
                 msg = m.decode(data)
             except ProtocolError as exc:
                 versions = (m.hello_versions(data) if data is not None
@@ -354,6 +357,14 @@ class Loop:
                     return
         elif isinstance(msg, m.WorkerHeartbeat):
             pass  # seen: that is all a heartbeat says
+        elif isinstance(msg, m.PieceProgress):
+            try:
+                sent = self.net.progress(wid, msg.received)
+            except ProtocolError as exc:
+                self._malformed(identity, wid, now, exc)
+                return
+            if not sent:
+                self._lose_worker(wid, now, "connection closed")
         elif isinstance(msg, m.PackProgress):
             if not self.transfers.progress(wid, msg, self._sender(identity)):
                 self._lose_worker(wid, now, "connection closed")
@@ -498,7 +509,9 @@ class Loop:
                 continue
             if data is None:
                 raise FileTransferError(
-                    f"task {job.id} did not produce output file {f.sandbox_name!r}", job.id)
+                    f"task {job.id} did not produce output file {f.sandbox_name!r}: it must "
+                    "write it under that name in its working directory (the sandbox), or "
+                    "declare it File(..., optional=True) if it may be absent", job.id)
             try:
                 with open(f.local_path, "wb") as out:
                     out.write(data)
@@ -553,19 +566,33 @@ class Loop:
         if not assignments:
             return
         by_worker: dict[str, list[m.TaskSpec]] = collections.defaultdict(list)
+        large: list[tuple[str, list[m.TaskSpec]]] = []  # each in a Dispatch of its own
         for a in assignments:
             if a.worker not in self.net.workers:
                 continue  # lost during this pass: the core has requeued the task
-            spec = self._spec(a, now)
+            made = self._spec(a, now)
             if a.prefetched:
                 self._counters["tasks_prefetched"] += 1
-            if spec is not None:
-                by_worker[a.worker].append(spec)
+            if made is not None:
+                spec, size = made
+                if size > PIECE_SIZE:
+                    large.append((a.worker, [spec]))
+                else:
+                    by_worker[a.worker].append(spec)
         for wid, specs in by_worker.items():
             if wid in self.net.workers and not self.net.send(wid, m.Dispatch(specs)):
                 self._lose_worker(wid, now, "connection closed")
+        for wid, specs in large:  # (in paced pieces, after the small ones)
+            if wid in self.net.workers and not self.net.send(wid, m.Dispatch(specs),
+                                                             large=True):
+                self._lose_worker(wid, now, "connection closed")
 
-    def _spec(self, a: Assignment, now: float) -> m.TaskSpec | None:
+    def _send_to(self, wid: str) -> Callable[[m.Message], bool]:
+        return lambda msg: self.net.send(wid, msg, large=True)
+
+    def _spec(self, a: Assignment, now: float) -> tuple[m.TaskSpec, int] | None:
+        """The task as sent to its worker, and the bytes of its call and input files in it;
+        None: it failed (or its worker is gone)."""
         job = self._jobs[a.task_id]
         self._attrs.setdefault(a.task_id, {}).update(allocation=a.allocation,
                                                      start_time=time.time())
@@ -583,16 +610,28 @@ class Loop:
                 self.core.result(a.task_id, a.attempt, Outcome.FATAL, now, a.worker, why=why)
                 self._finish_error(a.task_id, PackError(why))
                 return None
+        problem: str | None = None
+        inputs: list[m.InputFile] | None = []
         try:
-            inputs = self.transfers.inputs(a.worker, job.input_files, send)
+            if job.input_files:
+                inputs = self.transfers.inputs(a.worker, job.input_files, self._send_to(a.worker))
         except OSError as exc:
-            why = (f"cannot read input file of task {a.task_id}: {exc}; it must stay readable "
-                   "until the task has started")
-            self.core.result(a.task_id, a.attempt, Outcome.FATAL, now, a.worker, why=why)
-            self._finish_error(a.task_id, FileTransferError(why, a.task_id))
-            return None
+            problem = (f"cannot read input file of task {a.task_id}: {exc}; it must stay "
+                       "readable until the task has started")
+        except FileTransferError as exc:  # one too large to send
+            problem = f"task {a.task_id}: {exc}"
         if inputs is None:
             self._lose_worker(a.worker, now, "connection closed")
+            return None
+        size = len(job.payload)
+        if inputs:
+            size += sum(len(i.data) for i in inputs)
+        if size > MAX_TASK_DATA and problem is None:
+            problem = too_large_to_send(f"task {a.task_id}: its call (function and arguments) "
+                                        "and input files are", size)
+        if problem is not None:
+            self.core.result(a.task_id, a.attempt, Outcome.FATAL, now, a.worker, why=problem)
+            self._finish_error(a.task_id, FileTransferError(problem, a.task_id))
             return None
         alloc = a.allocation
         return m.TaskSpec(
@@ -608,7 +647,7 @@ class Loop:
             outputs=[f.sandbox_name for f in job.output_files],
             timeout=job.timeout,
             pack=pack.digest if pack is not None else "",
-        )
+        ), size
 
     # ---------------------------------------------------------------- shutdown
     def _stop(self, now: float, crash: Exception | None = None) -> None:
@@ -621,8 +660,8 @@ class Loop:
         net = self.net
         net.stop_monitoring()
         if self.cfg.shutdown_workers:
-            for wid in list(net.workers):
-                net.send(wid, m.Exit("the manager is shutting down"))
+            for wid in list(net.workers):  # (at once: not behind a transfer in pieces)
+                net.send(wid, m.Exit("the manager is shutting down"), urgent=True)
         for tid in list(self._jobs) if crash is None else ():
             self.core.cancel(tid, now)
             self._finish_error(
@@ -642,14 +681,18 @@ class Loop:
 
 
 def _log_to_file(run_dir: Path) -> logging.Handler | None:
-    """The loop's log file (see :data:`ipc.LOOP_LOG`), and fatal signals' tracebacks in it."""
-    path = run_dir / ipc.LOOP_LOG
+    """The loop's log file (see :data:`ipc.LOOP_LOG`); fatal signals' tracebacks go to a
+    file of their own (:data:`ipc.LOOP_CRASH`), which the log's rotation leaves alone."""
     try:
-        handler = logging.handlers.RotatingFileHandler(path, maxBytes=LOG_BYTES, backupCount=1)
-        faulthandler.enable(open(path, "a"))  # noqa: SIM115 (open while the process lives)
+        handler = logging.handlers.RotatingFileHandler(
+            run_dir / ipc.LOOP_LOG, maxBytes=LOG_BYTES, backupCount=1)
+        crash = open(run_dir / ipc.LOOP_CRASH, "w")  # noqa: SIM115 (open while the loop lives)
     except OSError as exc:
-        log.warning("cannot write the manager's log %s: %s", path, exc)
+        log.warning("cannot write the manager's log files in %s (%s): the loop logs to your "
+                    "process only; make that directory writable, or pass another run_dir= "
+                    "to the Manager", run_dir, exc)
         return None
+    faulthandler.enable(crash)
     handler.setFormatter(logging.Formatter(
         f"%(asctime)s %(levelname)s %(name)s [pid {os.getpid()}] %(message)s"))
     handler.setLevel(logging.INFO)

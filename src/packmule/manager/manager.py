@@ -85,7 +85,8 @@ class Manager:
     ``default_category`` is the allocation policy of categories not
     configured with :meth:`configure_category` (default: FIXED, nothing
     learned). Every finished attempt is logged to ``run_dir/tasks.jsonl``, and
-    the loop's own log goes to ``run_dir/manager.log`` (:attr:`loop_log`).
+    the loop's own log goes to ``run_dir/manager.log`` (:attr:`loop_log`); the
+    traceback of a fatal signal that kills it, to ``run_dir/manager.crash``.
     Its own errors derive from :class:`~packmule.errors.ManagerError`: it cannot
     start (:class:`~packmule.errors.ManagerStartError`, an ``OSError``), it was
     shut down (``ManagerClosed``), or its loop process died (``ManagerCrashed``,
@@ -449,8 +450,12 @@ class Manager:
         elif isinstance(msg, ipc.Log):
             self._relog(msg)
         elif isinstance(msg, ipc.Stopped):
-            if msg.error or not self._shut_down:
-                self._crash = f"an internal error ({msg.error or 'it stopped on its own'})"
+            if msg.error:
+                self._crash = (f"an internal error ({msg.error}), a bug in packmule: please "
+                               "report it with the log")
+            elif not self._shut_down:
+                self._crash = ("it stopped, unasked and without an error of its own, on losing "
+                               "its connection to this process")
             return False
         else:
             raise ProtocolError(f"the loop sent the Manager a {type(msg).__name__}")
@@ -481,6 +486,10 @@ class Manager:
                     with contextlib.suppress(subprocess.TimeoutExpired):
                         self._proc.wait(timeout=CRASH_WAIT)
                 self._returncode = self._proc.returncode
+                crash_file = self.run_dir / ipc.LOOP_CRASH
+                with contextlib.suppress(OSError):
+                    if crash_file.stat().st_size:
+                        self._crash += f" (its traceback as it died is in {crash_file})"
                 log.error("%s", self._closed_error())
             with self._replies_lock:
                 self._closed = True

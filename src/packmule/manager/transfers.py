@@ -14,7 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ..errors import FileTransferError
 from ..protocol import messages as m
+from ..protocol.pieces import MAX_TASK_DATA, too_large_to_send
 from ..task import File
 
 if TYPE_CHECKING:
@@ -135,11 +137,12 @@ class Transfers:
                         msg.digest[:12], msg.message)
 
     # ---------------------------------------------------------------- files
-    def inputs(self, wid: str, files: tuple[File, ...], send: SendFrames
+    def inputs(self, wid: str, files: tuple[File, ...], send: Callable[[m.Message], bool]
                ) -> list[m.InputFile] | None:
         """The task's input files for this worker: cacheable ones are sent once (as
-        :class:`~m.PutFile`) and named; the others travel with the task. None: the worker
-        is gone. OSError: a file cannot be read."""
+        :class:`~m.PutFile`, in order with the task) and named; the others travel with the
+        task. None: the worker is gone. OSError: a file cannot be read.
+        FileTransferError: a cacheable one is too large to send."""
         w = self._workers[wid]
         out = []
         for f in files:
@@ -147,7 +150,10 @@ class Transfers:
                 name = cache_name(f.local_path)
                 if name not in w.files:
                     data = Path(f.local_path).read_bytes()
-                    if not send([m.encode(m.PutFile(name, data))]):
+                    if len(data) > MAX_TASK_DATA:
+                        raise FileTransferError(too_large_to_send(
+                            f"its input file {f.local_path} is", len(data)))
+                    if not send(m.PutFile(name, data)):
                         return None
                     self.counts["files_sent"] += 1
                     w.files.add(name)

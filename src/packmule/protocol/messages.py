@@ -25,10 +25,11 @@ from typing import Annotated, Any, ClassVar, TypeVar
 import msgpack
 
 from ..errors import ProtocolError
+from ..resources import FIELDS as RESOURCE_FIELDS
 
 #: Bump when a message changes shape or a message is added; peers of another version
 #: are refused.
-PROTOCOL_VERSION = 3
+PROTOCOL_VERSION = 4
 
 
 class TaskStatus(str, enum.Enum):
@@ -119,11 +120,14 @@ Name = Annotated[str, MaxLen(MAX_NAME)]
 SandboxPath = Annotated[str, MaxLen(MAX_NAME), Form("relative")]
 #: Seconds between two events that must not be zero (heartbeats, leases).
 Period = Annotated[float, Range(1e-6, 1e9)]
+#: The name of a resource (a field of :class:`~packmule.resources.Resources`).
+ResourceName = Annotated[str, OneOf(RESOURCE_FIELDS)]
 
 
 # ---------------------------------------------------------------- registry
 _BY_TAG: dict[int, type[Message]] = {}
-#: The messages each side sends: tags 1-9 are a worker's, 10 and up the manager's.
+#: The messages each side sends: tags 1-9 are a worker's, 10 and up the manager's
+#: (and :class:`Piece`, which both send).
 FROM_WORKER: list[type[Message]] = []
 FROM_MANAGER: list[type[Message]] = []
 _FIELD_NAMES: dict[type, tuple[str, ...]] = {}
@@ -334,6 +338,33 @@ def encode(msg: Message) -> bytes:
     return msgpack.packb([msg.TAG, *_to_wire(msg)], use_bin_type=True)  # type: ignore[no-any-return]
 
 
+def encode_parts(msg: Message, large: int) -> list[bytes]:
+    """The encoding of ``msg`` in consecutive parts (joined, they are :func:`encode`'s
+    bytes) in which each ``bytes`` field in a list of at least ``large`` bytes is a part
+    of its own, not copied: a task's 300 MB argument is sent without a 300 MB copy."""
+    packer = msgpack.Packer(use_bin_type=True, autoreset=False)
+    parts: list[bytes] = []
+
+    def walk(value: Any) -> None:
+        if type(value) is list:
+            packer.pack_array_header(len(value))
+            for item in value:
+                walk(item)
+        elif type(value) is bytes and len(value) >= large:
+            n = len(value)  # msgpack's bin header: the shortest that holds n
+            head = (b"\xc4" + n.to_bytes(1, "big") if n < 1 << 8 else
+                    b"\xc5" + n.to_bytes(2, "big") if n < 1 << 16 else
+                    b"\xc6" + n.to_bytes(4, "big"))
+            parts.extend((packer.bytes() + head, value))
+            packer.reset()
+        else:
+            packer.pack(value)
+
+    walk([msg.TAG, *_to_wire(msg)])
+    parts.append(packer.bytes())
+    return parts
+
+
 def decode(data: bytes | bytearray | memoryview) -> Message:
     """Parse bytes into a message, checking every field's type and range; anything
     malformed raises :class:`ProtocolError` naming the message and the field."""
@@ -418,7 +449,7 @@ class TaskResult:
     gpu_ids: list[Name]
     messages: list[bytes]  # monitoring messages the task left in $PACKMULE_RADIO_DIR
     measured: dict[Name, float]  # see worker/monitor.py: memory, disk (MB), cores, wall_time...
-    exceeded: list[Name]  # EXHAUSTED: the resources that went over their allocation
+    exceeded: list[ResourceName]  # EXHAUSTED: the resources that went over their allocation
 
 
 # ---------------------------------------------------------------- worker -> manager
@@ -487,6 +518,17 @@ class Piece(Message):
     offset: int
     total: int
 
+
+@message(8)
+@dataclasses.dataclass(frozen=True, slots=True)
+class PieceProgress(Message):
+    """Bytes of pieces received from the manager so far, on this connection: the
+    manager sends more (flow control, see :class:`~.pieces.Outbox`)."""
+
+    received: int
+
+
+FROM_MANAGER.append(Piece)  # large messages go in pieces both ways
 
 # ---------------------------------------------------------------- manager -> worker
 

@@ -50,8 +50,8 @@ from .monitor import (
     tree_size,
 )
 from .packs import PackCache, Unpacked
-from .runner import BOARD_SIZE, Channel, read_board, stop_descendants
-from .runner_messages import Done, Run, decode, encode
+from .runner import BOARD_SIZE, KILL_WAIT, Channel, kill_descendants, read_board
+from .runner_messages import MAX_OUTPUT, Done, Run, decode, encode_run
 
 log = logging.getLogger("packmule.worker")
 
@@ -104,6 +104,33 @@ MAX_IDLE_RUNNERS = 8
 #: (what a task allocated and kept, e.g. big imports or caches, would
 #: otherwise count against the next tasks' memory).
 RUNNER_RSS_LIMIT = 512 * MB
+#: The longest reply a runner may send (bytes): the largest result the worker can send
+#: the manager, with both outputs. A longer one, or one that stops halfway for
+#: RUNNER_PATIENCE seconds (a task wrote into its runner's channel), fails its task.
+RUNNER_REPLY_LIMIT = pieces.MAX_MESSAGE + 2 * MAX_OUTPUT + (1 << 16)
+#: (Short: the worker waits for the rest of a reply without serving anything else, and
+#: a runner writes a reply in one go.)
+RUNNER_PATIENCE = 1.0
+#: How long a killed runner is waited for (seconds). One still there after it (stuck
+#: in the kernel, say) is reaped later, once it has exited (:func:`reap_stragglers`).
+REAP_WAIT = 5.0
+
+#: Killed runners that had not exited within REAP_WAIT, to reap once they have.
+_stragglers: list[subprocess.Popen[bytes]] = []
+
+
+def reap_stragglers(wait: float = 0.0) -> None:
+    """Reap the killed runners that have exited since, waiting up to ``wait`` seconds
+    for all of them; say which are still there after such a wait."""
+    deadline = time.monotonic() + wait
+    for proc in list(_stragglers):
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+            _stragglers.remove(proc)
+    if wait and _stragglers:
+        log.error("runners %s did not exit after SIGKILL (stuck in the kernel: see their "
+                  "state in ps or /proc/PID/stack); the system will reap them once this "
+                  "worker exits", ", ".join(str(p.pid) for p in _stragglers))
 
 
 def reconnect_delay(retry: int, rng: random.Random) -> float:
@@ -208,20 +235,16 @@ class Runner:
         pid = self.proc.pid
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(pid, signal.SIGSTOP)  # the runner and its group: nothing new starts
-        stopped: dict[int, None] = {}
-        for _ in range(100):
-            before = len(stopped)
-            stop_descendants(pid, stopped)
-            if len(stopped) == before:
-                break
-        for child in stopped:
-            with contextlib.suppress(OSError):
-                os.kill(child, signal.SIGKILL)
+        kill_descendants(pid, KILL_WAIT)
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(pid, signal.SIGKILL)
         self.conn.close()
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.proc.wait(timeout=5)
+        try:
+            self.proc.wait(timeout=REAP_WAIT)
+        except subprocess.TimeoutExpired:
+            log.warning("runner %d did not exit within %.0f s of SIGKILL (stuck in the kernel?); "
+                        "it is reaped later, once it has exited", pid, REAP_WAIT)
+            _stragglers.append(self.proc)
         if self.cgroup is not None:
             self.cgroup.kill_all()
         kill_recorded(self.recorded, keep=pid)
@@ -459,6 +482,7 @@ class Worker:
                 signal.signal(s, h)
             sig_r.close()
             sig_w.close()
+            reap_stragglers(wait=REAP_WAIT)
             self.packs.close()
             self.files.close()
             shutil.rmtree(self.workspace, ignore_errors=True)
@@ -507,6 +531,8 @@ class Worker:
         self._runner_count = 0
         self._seq = 0
         self.welcomed = False
+        #: Messages from the manager that come in pieces, joined (at most MAX_MESSAGE).
+        self.incoming = pieces.Incoming()
         try:
             self._send(
                 m.Hello(
@@ -546,6 +572,31 @@ class Worker:
             else:
                 self.sock.send_multipart(frames, copy=False)
 
+    def _from_manager(self, frames: list[zmq.Frame]) -> m.Message | None:
+        """The message in frames from the manager, or None while one sent in pieces is
+        being joined (its pieces are acknowledged as they come: that paces the manager).
+        ProtocolError: frames that are not a message a manager sends."""
+        msg = m.decode(frames[0].buffer)  # (no copy of a large task)
+        if isinstance(msg, m.Piece):
+            if len(frames) != 2:
+                raise ProtocolError("a Piece without its data frame")
+            whole = self.incoming.add(msg, frames[1].buffer)
+            if whole is not None:
+                msg = m.decode(whole)
+                if isinstance(msg, (m.Piece, m.PutPack)):  # (they have a frame of their own)
+                    raise ProtocolError(f"a {type(msg).__name__} sent in pieces")
+            ack = self.incoming.ack()  # (once decoded: what the manager then waits
+            # through without a word from this worker is only the task's hand-off)
+            if ack is not None:
+                self._send(ack)
+            if whole is None:
+                return None
+        if not isinstance(msg, _FROM_MANAGER):
+            raise ProtocolError(f"a {type(msg).__name__}, which managers do not send")
+        if isinstance(msg, m.PutPack) and len(frames) != 2:
+            raise ProtocolError("a PutPack without its data frame")
+        return msg
+
     def _loop(self) -> None:
         poller = zmq.Poller()
         poller.register(self.sock, zmq.POLLIN)
@@ -583,12 +634,9 @@ class Worker:
                         break
                     last_heard = now
                     try:
-                        msg = m.decode(frames[0].buffer)  # (no copy of a large task)
-                        if not isinstance(msg, _FROM_MANAGER):
-                            raise ProtocolError(f"a {type(msg).__name__}, which managers "
-                                                "do not send")
-                        if isinstance(msg, m.PutPack) and len(frames) != 2:
-                            raise ProtocolError("a PutPack without its data frame")
+                        msg = self._from_manager(frames)
+                        if msg is None:
+                            continue  # a piece of a message still being joined
                     except ProtocolError as exc:
                         log.error("the manager at %s:%d sent a message this worker cannot use "
                                   "(%s); ending the session", self.host, self.port, exc)
@@ -664,6 +712,8 @@ class Worker:
             if now - last_beat >= heartbeat:
                 last_beat = now
                 self._send(m.WorkerHeartbeat(len(self.slots.running)))
+                if _stragglers:
+                    reap_stragglers()
 
     def _no_manager_notice(self, now: float) -> None:
         """Say, now and then, that no manager has answered yet, and what the address did."""
@@ -899,8 +949,8 @@ class Worker:
         except OSError:
             # The runner died while idle (say, the OOM killer): one fresh try.
             runner.kill()
-            runner = self._runner_for(settings)
             try:
+                runner = self._runner_for(settings)
                 self._prepare(spec, runner)
                 run = self._launch(spec, runner, alloc, cores, gpus, now)
             except OSError as exc:
@@ -956,7 +1006,7 @@ class Worker:
             "TMPDIR": runner.sandbox_str, "PACKMULE_SANDBOX": runner.sandbox_str,
             "PACKMULE_RADIO_DIR": runner.radio,
         }
-        runner.conn.send_bytes(encode(Run(
+        runner.conn.send_bytes(encode_run(Run(
             spec.kind, spec.payload, spec.command, runner.sandbox_str, env, self._seq,
             limit_file, (alloc.memory or 0) * MB)))
         sampler = TreeSampler(runner.proc.pid, now)
@@ -1007,11 +1057,10 @@ class Worker:
         try:
             if not run.runner.conn.poll(0):
                 return None
-            data = run.runner.conn.recv_bytes()
+            data = run.runner.conn.recv_bytes(RUNNER_REPLY_LIMIT, RUNNER_PATIENCE)
+            reply = decode(Done, data)
         except (EOFError, OSError):
             return self._runner_died(run)
-        try:
-            reply = decode(Done, data)
         except ProtocolError as exc:
             return self._malformed(run, exc)
         run._baseline = reply.baseline

@@ -90,7 +90,6 @@ class TreeSampler:
             self._last = (now, cpu)
         return rss
 
-
     def _record(self, procs: list[psutil.Process]) -> None:
         """Add the tree's processes to ``seen``; drop those that left it and are gone
         (those that left it alive escaped: they stay)."""
@@ -116,13 +115,46 @@ def _alive(pid: int, created: float) -> bool:
 
 def kill_recorded(seen: dict[int, float], keep: int = 0) -> int:
     """SIGKILL the recorded processes still running (not ``keep``); returns how many."""
-    killed = 0
-    for pid, created in seen.items():
-        if pid != keep and _alive(pid, created):
-            with contextlib.suppress(OSError):
-                os.kill(pid, signal.SIGKILL)
-                killed += 1
-    return killed
+    return sum(_kill(pid, created) for pid, created in seen.items() if pid != keep)
+
+
+#: Whether processes can be signalled through a pidfd (Linux 5.3+, Python 3.9+).
+_PIDFD = hasattr(os, "pidfd_open") and hasattr(signal, "pidfd_send_signal")
+
+
+def _kill(pid: int, created: float) -> bool:
+    """SIGKILL process ``pid`` if it still runs and is the one created at ``created``;
+    whether it was killed.
+
+    Through a pidfd, opened before the check: the process checked is then the one
+    signalled, even if it exits and its pid is reused in between. Without one
+    (an older kernel, or a filter that refuses the call) a pid reused between the
+    check and the kill, a few microseconds, would be hit.
+    """
+    if _PIDFD:
+        try:
+            fd = os.pidfd_open(pid)
+        except ProcessLookupError:
+            return False
+        except OSError:  # ENOSYS, EPERM: no pidfd here after all
+            pass
+        else:
+            try:
+                if not _alive(pid, created):
+                    return False
+                signal.pidfd_send_signal(fd, signal.SIGKILL)
+                return True
+            except OSError:  # it exited since the check
+                return False
+            finally:
+                os.close(fd)
+    if not _alive(pid, created):
+        return False
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except OSError:
+        return False
+    return True
 
 
 #: ``prctl(2)`` option: orphaned descendants are reparented to this process, not init.

@@ -59,7 +59,8 @@ if TYPE_CHECKING:
 
 #: Seconds a runner waits for the processes a task left behind to die once killed;
 #: those still there after it are reported (``Done.unkillable``), and the worker
-#: then kills the whole runner.
+#: then kills the whole runner. Also the most time spent looking for a task's
+#: processes to stop (:func:`kill_descendants`) when a task or runner is killed.
 KILL_WAIT = 2.0
 
 
@@ -83,11 +84,13 @@ class Channel:
             raise OSError("the channel is closed")
         return self.fd
 
-    def send_bytes(self, data: bytes) -> None:
-        n = len(data)
+    def send_bytes(self, data: bytes | list[bytes]) -> None:
+        """Send one message: ``data``, or the concatenation of its parts (not copied)."""
+        parts = [data] if isinstance(data, bytes) else data
+        n = sum(len(p) for p in parts)
         header = struct.pack("!i", n) if n <= 0x7FFFFFFF else struct.pack("!iQ", -1, n)
         fd = self._open()
-        views = [memoryview(header), memoryview(data)]
+        views = [memoryview(header), *(memoryview(p) for p in parts if p)]
         while views:
             done = os.writev(fd, views)
             while views and done >= len(views[0]):
@@ -95,19 +98,32 @@ class Channel:
             if views:
                 views[0] = views[0][done:]
 
-    def recv_bytes(self) -> bytearray:
-        """The next message; EOFError when the other end has closed."""
-        (n,) = struct.unpack("!i", self._read(4))
-        if n == -1:
-            (n,) = struct.unpack("!Q", self._read(8))
-        return self._read(n)
+    def recv_bytes(self, limit: int | None = None, patience: float | None = None
+                   ) -> bytearray:
+        """The next message; EOFError when the other end has closed.
 
-    def _read(self, n: int) -> bytearray:
+        ProtocolError for a negative length, one over ``limit`` bytes, or a message
+        whose rest has not come ``patience`` seconds after its last bytes: the
+        worker's guard against a task that wrote into its runner's channel.
+        """
+        (n,) = struct.unpack("!i", self._read(4, patience))
+        if n == -1:
+            (n,) = struct.unpack("!Q", self._read(8, patience))
+        elif n < 0:
+            raise ProtocolError(f"a message of length {n}")
+        if limit is not None and n > limit:
+            raise ProtocolError(f"a message of {n} bytes, more than the {limit} allowed")
+        return self._read(n, patience)
+
+    def _read(self, n: int, patience: float | None) -> bytearray:
         fd = self._open()
         buf = bytearray(n)
         view = memoryview(buf)
         got = 0
         while got < n:
+            if patience is not None and not self.poll(patience):
+                raise ProtocolError(f"a message stopped after {got} of its {n} bytes "
+                                    f"(nothing more for {patience:g} s)")
             k = os.readv(fd, [view[got:]])
             if k == 0:
                 raise EOFError("the other end closed the channel")
@@ -358,32 +374,43 @@ def stop_descendants(root: int, stopped: dict[int, None]) -> None:
             todo.append(child)
 
 
+def kill_descendants(root: int, wait: float) -> int:
+    """Stop every descendant of ``root``, then SIGKILL them; how many were killed.
+
+    Passes of :func:`stop_descendants` repeat until one finds no new process, for
+    at most ``wait`` seconds (a fork bomb may outrun a pass or two); ``wait`` 0 makes
+    one pass. Whoever is their parent (or subreaper) reaps them.
+    """
+    stopped: dict[int, None] = {}
+    deadline = time.monotonic() + wait
+    while True:
+        before = len(stopped)
+        stop_descendants(root, stopped)
+        if len(stopped) == before or time.monotonic() >= deadline:
+            break
+    for pid in stopped:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
+    return len(stopped)
+
+
 def end_leftovers(wait: float = KILL_WAIT) -> tuple[int, int]:
     """Kill every process this runner's task left behind, and reap them.
 
     Returns (how many were killed, how many were still there after ``wait``
     seconds). Costs one ``waitpid`` when the task left nothing.
     """
-    me = os.getpid()
-    stopped: dict[int, None] = {}
     if not _reap():
         return 0, 0
     deadline = time.monotonic() + wait
-    while time.monotonic() < deadline:  # (a fork bomb may outrun a pass or two)
-        before = len(stopped)
-        stop_descendants(me, stopped)
-        if len(stopped) == before:
-            break
-    for pid in stopped:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
+    killed = kill_descendants(os.getpid(), wait)
     pause = 0.0005
     while _reap():
         if time.monotonic() > deadline:
-            return len(stopped), len(children(me))
+            return killed, len(children(os.getpid()))
         time.sleep(pause)  # a killed process takes a moment to exit
         pause = min(0.02, pause * 2)
-    return len(stopped), 0
+    return killed, 0
 
 
 def _reap() -> bool:
@@ -543,11 +570,7 @@ def _die_with_parent(interval: float = 0.5) -> None:
     def watch() -> None:
         while os.getppid() == parent:
             time.sleep(interval)
-        stopped: dict[int, None] = {}
-        stop_descendants(os.getpid(), stopped)
-        for pid in stopped:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+        kill_descendants(os.getpid(), KILL_WAIT)
         os.killpg(0, signal.SIGKILL)
 
     threading.Thread(target=watch, name="parent-watch", daemon=True).start()
@@ -569,7 +592,10 @@ def main() -> None:
             reply = refused(exc)
         else:
             reply = execute(req, functools.partial(board.post, req.seq), proc)
-        conn.send_bytes(encode(reply))
+        try:
+            conn.send_bytes(encode(reply))
+        except OSError:  # the worker is gone (killed): no one to answer, nothing to say
+            return
 
 
 if __name__ == "__main__":
