@@ -15,8 +15,6 @@ from concurrent.futures import ALL_COMPLETED
 from concurrent.futures import wait as wait_futures
 from typing import Any
 
-import pytest
-
 from .conftest import (
     ClusterFactory,
     Deliveries,
@@ -31,8 +29,6 @@ from .conftest import (
     wait_all,
     wait_until,
 )
-
-pytestmark = pytest.mark.chaos
 
 TASKS = 2000
 WORKERS = 3

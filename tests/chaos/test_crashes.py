@@ -40,8 +40,6 @@ from .conftest import (
     wait_until,
 )
 
-pytestmark = pytest.mark.chaos
-
 #: After the loop process dies, every unfinished future fails within this (seconds).
 CRASH_BOUND = 1.0
 #: After the user's process dies, everything it started is gone within this (seconds):

@@ -34,8 +34,6 @@ from packmule import Manager, PythonTask, Task
 from . import damaging
 from .conftest import ClusterFactory, PidTree, bounded, connected, wait_until
 
-pytestmark = pytest.mark.chaos
-
 
 @dataclass(frozen=True)
 class Case:

@@ -29,7 +29,6 @@ from typing import Any
 
 import msgpack
 import psutil
-import pytest
 import zmq
 from hypothesis import Phase, given, settings
 from hypothesis import strategies as st
@@ -39,8 +38,6 @@ from packmule.protocol import messages as m
 from packmule.protocol.security import PASSWORD_ENV, derive_keys
 
 from .conftest import ClusterFactory, connected, wait_until, zmq_context
-
-pytestmark = pytest.mark.chaos
 
 Strategy = st.SearchStrategy[Any]
 #: Fixed values for fields (by structure and name) where a drawn value would be harmful.

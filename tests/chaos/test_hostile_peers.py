@@ -29,8 +29,6 @@ from packmule.resources import Resources
 
 from .conftest import ClusterFactory, connected, wait_until, zmq_context
 
-pytestmark = pytest.mark.chaos
-
 MB = 1 << 20
 #: How much the loop's resident set may grow while hostile peers are connected.
 GROWTH_LIMIT = 50 * MB

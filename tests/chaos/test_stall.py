@@ -28,8 +28,6 @@ from .conftest import (
     wait_until,
 )
 
-pytestmark = pytest.mark.chaos
-
 TASK_S = 1.0
 
 

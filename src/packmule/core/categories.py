@@ -1012,9 +1012,7 @@ class Category:
                     self.forget(task_key)
             return
         # 4. normal completions are learned from
-        wall = max(float(wall_time), 0.0)
-        self._wall_ema = wall if self._wall_ema is None else (
-            self._wall_ema + WALL_EMA_WEIGHT * (wall - self._wall_ema))
+        wall = self._smooth_wall(wall_time)
         for r in range(4):
             self._hist[r].add(m[r], wall)
             if m[r] > self._done_max[r]:
@@ -1040,10 +1038,15 @@ class Category:
             if not exhausted and m[r] > done[r]:
                 done[r] = m[r]
         if not exhausted:
-            wall = max(float(wall_time), 0.0)
-            self._wall_ema = wall if self._wall_ema is None else (
-                self._wall_ema + WALL_EMA_WEIGHT * (wall - self._wall_ema))
+            self._smooth_wall(wall_time)
             self._tasks += 1
+
+    def _smooth_wall(self, wall_time: float) -> float:
+        """Fold a normal completion's wall time (floored at 0) into the smoothed one; returns it."""
+        wall = max(float(wall_time), 0.0)
+        self._wall_ema = wall if self._wall_ema is None else (
+            self._wall_ema + WALL_EMA_WEIGHT * (wall - self._wall_ema))
+        return wall
 
     def _update_first(self) -> None:
         first: _Vals = [None, None, None, None]

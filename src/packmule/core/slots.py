@@ -155,12 +155,12 @@ class Slots(Generic[K, T, H]):
         if key in self.entries:
             raise InvalidSlotMove(key, self.entries[key].slot, Slot.READY)
         alloc = alloc.filled()
-        if _fits(alloc, self.free):
+        if alloc.fits_in(self.free):
             self.entries[key] = Entry(task, alloc, Slot.READY)
             self.ready[key] = None
             self.free = _minus(self.free, alloc)
             return Slot.READY
-        if _fits(alloc, self.total):
+        if alloc.fits_in(self.total):
             self.entries[key] = Entry(task, alloc, Slot.QUEUED)
             self.queued[key] = alloc
             return Slot.QUEUED
@@ -216,7 +216,7 @@ class Slots(Generic[K, T, H]):
                 del self.waiting[e.pack]
         else:
             del self.running[key]
-        self.free = _plus(self.free, e.alloc)
+        self.free = self.free + e.alloc
         for started, alloc in promote(self.queued, self.free):
             self.entries[started].slot = Slot.READY
             self.ready[started] = None
@@ -244,13 +244,13 @@ class Slots(Generic[K, T, H]):
     def check(self) -> None:
         """Raise AssertionError if the slots disagree with each other or with what is free."""
         assert all(v >= 0 for v in self.free.astuple() if v is not None), f"free {self.free}"
-        assert _plus(self.free, self.held()) == self.total, (
+        assert self.free + self.held() == self.total, (
             f"free {self.free} + held {self.held()} != total {self.total}")
         by_slot: dict[Slot, list[K]] = {s: [] for s in Slot}
         for key, e in self.entries.items():
             by_slot[e.slot].append(key)
             assert (e.slot is Slot.WAITING) == bool(e.pack), f"task {key!r}: pack {e.pack!r}"
-            assert _fits(e.alloc, self.total), f"task {key!r}: {e.alloc} exceeds {self.total}"
+            assert e.alloc.fits_in(self.total), f"task {key!r}: {e.alloc} exceeds {self.total}"
         assert list(self.queued) == by_slot[Slot.QUEUED], "queued tasks out of step"
         assert all(self.queued[k] is self.entries[k].alloc for k in self.queued), "queued"
         assert set(self.ready) == set(by_slot[Slot.READY]), "ready tasks out of step"
@@ -260,16 +260,6 @@ class Slots(Generic[K, T, H]):
         assert all(keys and all(self.entries[k].pack == p for k in keys)
                    for p, keys in self.waiting.items()), "waiting tasks filed under another pack"
         assert set(self.running) == set(by_slot[Slot.RUNNING]), "running tasks out of step"
-
-
-def _fits(a: Resources, free: Resources) -> bool:
-    return ((a.cores or 0) <= (free.cores or 0) and (a.memory or 0) <= (free.memory or 0)
-            and (a.disk or 0) <= (free.disk or 0) and (a.gpus or 0) <= (free.gpus or 0))
-
-
-def _plus(a: Resources, b: Resources) -> Resources:
-    return Resources._raw((a.cores or 0) + (b.cores or 0), (a.memory or 0) + (b.memory or 0),
-                          (a.disk or 0) + (b.disk or 0), (a.gpus or 0) + (b.gpus or 0))
 
 
 def _minus(a: Resources, b: Resources) -> Resources:

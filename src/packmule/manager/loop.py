@@ -466,15 +466,15 @@ class Loop:
         if verdict is Verdict.STALE:
             log.debug("discarded a stale result of task %d attempt %d", r.task_id, r.attempt)
             return
+        conn = self.net.workers.get(wid)
         if r.status is not S.FORSAKEN and r.status is not S.PACK_ERROR:
-            self._log_attempt(wid, r)
+            self._log_attempt(wid, r, job, conn)
             if r.messages and self.cfg.forward_messages:
                 self._tell(ipc.Messages(r.messages))
         if job is None:
             return
         if verdict is Verdict.REQUEUED:
             return
-        conn = self.net.workers.get(wid)
         attrs = self._attrs.setdefault(r.task_id, {})
         attrs.update(
             attempts=r.attempt, worker=wid, hostname=conn.hostname if conn else None,
@@ -538,9 +538,8 @@ class Loop:
                 data = TaskError(f"{type(data).__name__}: {data}", tid)
         self._tell(ipc.Done(tid, ok, kind, data, attrs))
 
-    def _log_attempt(self, wid: str, r: m.TaskResult) -> None:
-        job = self._jobs.get(r.task_id)
-        conn = self.net.workers.get(wid)
+    def _log_attempt(self, wid: str, r: m.TaskResult, job: ipc.Submit | None,
+                     conn: WorkerConn | None) -> None:
         allocation = self._attrs.get(r.task_id, {}).get("allocation")
         self.tasklog.write({
             "task": r.task_id, "attempt": r.attempt, "status": r.status.value,

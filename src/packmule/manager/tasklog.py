@@ -28,9 +28,7 @@ class TaskLog:
         try:
             self._file.write(json.dumps(record) + "\n")
         except (OSError, ValueError) as exc:
-            if not self._failed:
-                log.error("cannot write the task log %s: %s (logged once)", self.path, exc)
-            self._failed = True
+            self._fail(exc)
 
     def tick(self, now: float, idle: bool) -> None:
         """Flush when idle, or when the last flush is :data:`FLUSH_INTERVAL` old."""
@@ -39,9 +37,13 @@ class TaskLog:
             try:
                 self._file.flush()
             except OSError as exc:
-                if not self._failed:
-                    log.error("cannot write the task log %s: %s (logged once)", self.path, exc)
-                self._failed = True
+                self._fail(exc)
+
+    def _fail(self, exc: BaseException) -> None:
+        """Say the first failure to write; later ones are skipped quietly."""
+        if not self._failed:
+            log.error("cannot write the task log %s: %s (logged once)", self.path, exc)
+        self._failed = True
 
     def close(self) -> None:
         try:
