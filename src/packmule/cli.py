@@ -1,4 +1,4 @@
-"""The ``packmule`` command line: ``packmule worker HOST:PORT``, ``packmule pack ...``."""
+"""The ``packmule`` command line: ``worker``, ``status``, ``runs``, ``report``, ``pack``, ``sim``."""
 
 from __future__ import annotations
 
@@ -63,7 +63,7 @@ def build_parser(pack: bool = True) -> argparse.ArgumentParser:
         description="packmule: run heterogeneous Python and shell tasks on clusters.",
     )
     p.add_argument("--version", action="version", version=f"packmule {__version__}")
-    sub = p.add_subparsers(dest="command", required=True)
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     w = sub.add_parser(
         "worker",
         help="run a worker daemon that executes tasks for a manager",
@@ -103,6 +103,10 @@ def build_parser(pack: bool = True) -> argparse.ArgumentParser:
                    help="exit when the first manager session ends instead of reconnecting")
     w.add_argument("--debug", action="store_true", help="log every step")
     if pack:
+        from .observe import report, status_cli
+
+        status_cli.add_parser(sub)
+        report.add_parser(sub)
         from .envpack.cli import add_parser as add_pack_parser
 
         add_pack_parser(sub)
@@ -166,6 +170,9 @@ def worker_main(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if not argv:
+        build_parser().print_help()
+        return 0
     if argv[:2] == ["sim", "alloc"]:
         from .sim.alloc import main as sim_alloc
 
@@ -177,6 +184,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     if args.command == "worker":
         return worker_main(args)
+    if args.command in ("status", "runs"):
+        from .observe.status_cli import main as status_main
+
+        return status_main(args)
+    if args.command == "report":
+        from .observe.report import main as report_main
+
+        return report_main(args)
     if args.command == "pack":
         from .envpack.cli import main as pack_main
 
