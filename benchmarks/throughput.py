@@ -21,13 +21,24 @@ It prints one JSON object on stdout (progress goes to stderr) with:
     0.2 s; 40 of 0.1 s with ``--quick``). The makespan is compared with the
     ideal, tasks x seconds / 4 cores (5.0 s): ``ratio`` = makespan / ideal.
 
+``observe``
+    The cost of the run records (the event log ``events.jsonl`` and the
+    status file ``status.json``): the ``cores_1`` throughput with them
+    (the default) and without (``Manager(observe=False)``), in ``--pairs``
+    pairs (default 4; 2 with ``--quick``) of fresh clusters, the order
+    alternating between pairs, since the machine is noisy.
+    ``ratio`` = median with / median without; ``cost`` = 1 - ``ratio``
+    (target: at most 5 %). The manager loop's CPU time per task (user +
+    system, microseconds), which the records add to and which is less
+    noisy than a rate, is given both ways too (``loop_cpu_us_per_task``).
+
 As a peer, the same no-op throughput and round trip are measured with
 ``concurrent.futures.ProcessPoolExecutor(max_workers=2)`` in the same run;
 ``ratio_vs_peer`` is packmule / peer (above 1 is better for throughput, below
 1 is better for round trip). Everything is warmed up before it is measured.
 
 The targets (throughput >= 1000 tasks/s, median round trip <= 2 ms, packing
-ratio <= 1.15) are in the JSON with a ``meets_targets`` boolean per metric.
+ratio <= 1.15, records cost <= 5 %) are in the JSON with a ``meets_targets`` boolean per metric.
 The exit status is 0 whether or not they are met, non-zero if a task fails.
 """
 
@@ -40,6 +51,7 @@ import os
 import platform
 import statistics
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -51,12 +63,17 @@ from packmule.local import local_cluster
 TARGET_TASKS_PER_S = 1000.0
 TARGET_RTT_MEDIAN_MS = 2.0
 TARGET_PACKING_RATIO = 1.15
+#: The most the event log and status file may cost of the no-op throughput.
+TARGET_OBSERVE_COST = 0.05
 
 #: Every worker's size besides its cores (explicit, so runs compare across machines).
 MEMORY_MB = 2000
 DISK_MB = 2000
 #: Seconds any one measurement may take before the benchmark gives up.
 TIMEOUT = 300.0
+#: Where the benchmark's managers keep their run directories (a temporary directory,
+#: removed at the end: set by main()).
+RUNS = tempfile.gettempdir()
 
 Submit = Callable[[], "Future[Any]"]
 
@@ -117,10 +134,16 @@ def python_task(
     return lambda: manager.submit(packmule.PythonTask(fn, *args, resources=resources))
 
 
+def run_dir(name: str) -> str:
+    """A run directory for one cluster, under the benchmark's temporary directory."""
+    return tempfile.mkdtemp(prefix=f"{name}-", dir=RUNS)
+
+
 def measure_packmule(n: int, rounds: int, warmup: int) -> dict[str, Any]:
     """Throughput and round trip on one manager with one 2-core worker."""
     out: dict[str, Any] = {}
-    with local_cluster(1, cores=2, memory=MEMORY_MB, disk=DISK_MB) as manager:
+    with local_cluster(1, cores=2, memory=MEMORY_MB, disk=DISK_MB,
+                       run_dir=run_dir("packmule")) as manager:
         wait_for_workers(manager, 1)
         one_core = python_task(manager, noop, resources={"cores": 1})
         whole = python_task(manager, noop, resources=None)
@@ -138,6 +161,53 @@ def measure_packmule(n: int, rounds: int, warmup: int) -> dict[str, Any]:
         if stats.tasks_failed:
             raise RuntimeError(f"{stats.tasks_failed} packmule task(s) failed")
     return out
+
+
+def measure_observe(n: int, warmup: int, pairs: int) -> dict[str, Any]:
+    """No-op throughput (cores=1) with and without the event log and status file, in
+    ``pairs`` pairs of fresh clusters, alternating which goes first."""
+    import psutil
+
+    rates: dict[bool, list[float]] = {True: [], False: []}
+    cpu: dict[bool, list[float]] = {True: [], False: []}
+    for i in range(pairs):
+        for observe in (True, False) if i % 2 == 0 else (False, True):
+            with local_cluster(1, cores=2, memory=MEMORY_MB, disk=DISK_MB, observe=observe,
+                               run_dir=run_dir(f"observe-{observe}")) as manager:
+                wait_for_workers(manager, 1)
+                one_core = python_task(manager, noop, resources={"cores": 1})
+                throughput(one_core, warmup)
+                log(f"observe: pair {i + 1}/{pairs}, records {'on' if observe else 'off'}, "
+                    f"{n} no-op tasks")
+                loop = psutil.Process(manager.loop_pid)
+                before = sum(loop.cpu_times()[:2])
+                rates[observe].append(throughput(one_core, n)["tasks_per_s"])
+                cpu[observe].append(round((sum(loop.cpu_times()[:2]) - before) / n * 1e6, 1))
+                if manager.stats().tasks_failed:
+                    raise RuntimeError("a packmule task failed")
+    on, off = statistics.median(rates[True]), statistics.median(rates[False])
+    ratio = on / off
+    return {
+        "tasks": n,
+        "pairs": pairs,
+        "setup": "1 manager, 1 local worker with 2 cores; resources={'cores': 1}",
+        "with_records_tasks_per_s": rates[True],
+        "without_records_tasks_per_s": rates[False],
+        "median_with": on,
+        "median_without": off,
+        "pair_ratios": [round(a / b, 3) for a, b in zip(rates[True], rates[False],
+                                                         strict=True)],
+        "ratio": round(ratio, 3),
+        "cost": round(1 - ratio, 3),
+        "loop_cpu_us_per_task": {
+            "with_records": cpu[True], "without_records": cpu[False],
+            "median_with": statistics.median(cpu[True]),
+            "median_without": statistics.median(cpu[False]),
+            "ratio": round(statistics.median(cpu[True]) / statistics.median(cpu[False]), 3),
+        },
+        "target_cost": TARGET_OBSERVE_COST,
+        "meets_targets": 1 - ratio <= TARGET_OBSERVE_COST,
+    }
 
 
 def measure_peer(n: int, rounds: int, warmup: int) -> dict[str, Any]:
@@ -160,7 +230,8 @@ def measure_packing(tasks: int, seconds: float) -> dict[str, Any]:
     workers, cores = 2, 2
     slots = workers * cores
     ideal = -(-tasks // slots) * seconds  # whole waves of 4 tasks
-    with local_cluster(workers, cores=cores, memory=MEMORY_MB, disk=DISK_MB) as manager:
+    with local_cluster(workers, cores=cores, memory=MEMORY_MB, disk=DISK_MB,
+                       run_dir=run_dir("packing")) as manager:
         wait_for_workers(manager, workers)
         log("packing: warming up")
         throughput(python_task(manager, noop, resources={"cores": 1}), 100)
@@ -184,6 +255,7 @@ def measure_packing(tasks: int, seconds: float) -> dict[str, Any]:
 def report(args: argparse.Namespace) -> dict[str, Any]:
     warmup = min(args.tasks, 500)
     pm = measure_packmule(args.tasks, args.rounds, warmup)
+    observe = measure_observe(args.tasks, warmup, args.pairs)
     peer = measure_peer(args.tasks, args.rounds, warmup)
     packing = measure_packing(args.packing_tasks, args.packing_seconds)
 
@@ -224,8 +296,10 @@ def report(args: argparse.Namespace) -> dict[str, Any]:
         "quick": args.quick,
         "throughput": tput,
         "round_trip": round_trip,
+        "observe": observe,
         "packing": packing,
         "meets_targets": {
+            "observe_cost": observe["meets_targets"],
             "throughput_cores_1": tput["meets_targets"]["cores_1"],
             "throughput_whole_worker": tput["meets_targets"]["whole_worker"],
             "round_trip_median": round_trip["meets_targets"],
@@ -243,14 +317,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="round trips to time (default 500; 100 with --quick)")
     p.add_argument("--packing-tasks", type=int, metavar="N",
                    help="1-core tasks in the packing run (default 100; 40 with --quick)")
+    p.add_argument("--pairs", type=int, metavar="N",
+                   help="pairs of runs with and without the records (default 4; 2 with --quick)")
     p.add_argument("--packing-seconds", type=float, metavar="S",
                    help="how long each packing task sleeps (default 0.2; 0.1 with --quick)")
     args = p.parse_args(argv)
-    for name, full, small in (("tasks", 5000, 500), ("rounds", 500, 100),
+    for name, full, small in (("tasks", 5000, 500), ("rounds", 500, 100), ("pairs", 4, 2),
                               ("packing_tasks", 100, 40), ("packing_seconds", 0.2, 0.1)):
         if getattr(args, name) is None:
             setattr(args, name, small if args.quick else full)
-    for name, least in (("tasks", 1), ("rounds", 2), ("packing_tasks", 1)):
+    for name, least in (("tasks", 1), ("rounds", 2), ("packing_tasks", 1), ("pairs", 1)):
         if getattr(args, name) < least:
             p.error(f"--{name.replace('_', '-')} must be at least {least}")
     if args.packing_seconds <= 0:
@@ -259,8 +335,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    global RUNS
     args = parse_args(argv)
-    print(json.dumps(report(args), indent=2))
+    with tempfile.TemporaryDirectory(prefix="packmule-bench-") as RUNS:
+        print(json.dumps(report(args), indent=2))
     return 0
 
 

@@ -22,7 +22,8 @@ Every task reports, from the worker side, when it started and ended and its
 process id. The demo prints one line per task (sorted by start time; the id
 is the submission order) and the most tasks and cores in use at once,
 overall and per worker: a worker never runs more than its 2 cores' worth.
-The workers log a few lines to stderr as they start and stop.
+The workers log to files in the manager's run directory (the last line says
+where); their warnings and errors would also reach stderr.
 
 Exit status: 0 when every task succeeded, 1 otherwise.
 """
@@ -37,9 +38,10 @@ from collections import defaultdict
 from collections.abc import Callable, Sequence
 from concurrent.futures import wait
 from dataclasses import dataclass
+from pathlib import Path
 
 import packmule
-from packmule.local import local_cluster
+from packmule.local import local_cluster, worker_log_dir
 
 #: Two workers of this size, given explicitly so the demo runs the same anywhere.
 WORKERS, CORES, MEMORY_MB, DISK_MB = 2, 2, 4000, 4000
@@ -253,8 +255,9 @@ def print_concurrency(rows: Sequence[Row], labels: dict[str, str]) -> None:
 
 
 # ================================================================ main
-def run(tasks: list[packmule.Task]) -> packmule.ManagerStats:
-    """Start the cluster, run every task, and stop the cluster.
+def run(tasks: list[packmule.Task]) -> tuple[packmule.ManagerStats, Path]:
+    """Start the cluster, run every task, and stop the cluster; the manager's stats
+    and where the workers' logs are.
 
     Leaving the ``with`` block stops the workers; a task still unfinished by
     then fails with :class:`packmule.TaskCancelled`.
@@ -263,13 +266,13 @@ def run(tasks: list[packmule.Task]) -> packmule.ManagerStats:
         for task in tasks:
             manager.submit(task)
         wait([t.future for t in tasks if t.future is not None], timeout=60)
-        return manager.stats()
+        return manager.stats(), worker_log_dir(manager)
 
 
 def main() -> int:
     began = time.monotonic()
     tasks = build_tasks()
-    stats = run(tasks)
+    stats, logs = run(tasks)
     rows = [to_row(t) for t in tasks]
     labels = worker_labels(rows)
     print(f"\n{stats.tasks_submitted} tasks on {stats.workers_joined} workers of {CORES} cores, "
@@ -279,7 +282,16 @@ def main() -> int:
     print_concurrency(rows, labels)
     failed = sum(not r.ok for r in rows)
     print(f"{len(rows) - failed} succeeded, {failed} failed, in {time.monotonic() - began:.1f} s.")
+    print(f"The workers' logs: {shown(logs)}/worker-*.log")
     return 1 if failed else 0
+
+
+def shown(path: Path) -> str:
+    """``path`` relative to the current directory when it is below it."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
 
 
 if __name__ == "__main__":

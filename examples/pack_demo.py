@@ -16,6 +16,9 @@ cannot see this directory or this virtual environment. Then it submits:
    the worker once, and the task runs inside it;
 3. ten more packed tasks: the pack is neither built nor sent again.
 
+The worker logs to a file in the manager's run directory, printed only when
+the demo fails (everything is in a temporary directory, removed at the end).
+
 Exit status: 0 when the packed tasks ran inside the pack, 1 otherwise.
 """
 
@@ -33,7 +36,7 @@ import pack_helper
 
 import packmule
 from packmule.envpack import analyze, build_pack
-from packmule.local import stop_worker
+from packmule.local import stop_worker, worker_log_dir
 from packmule.protocol.security import PASSWORD_ENV
 
 
@@ -61,11 +64,15 @@ def demo(tmp: Path) -> int:
     with packmule.Manager(run_dir=tmp / "run", pack_cache=tmp / "cache") as mgr:
         env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
         env[PASSWORD_ENV] = mgr._secret.decode()
-        worker = subprocess.Popen(
-            [str(node / "bin" / "python"), "-m", "packmule", "worker", mgr.address,
-             "--cores", "2", "--memory", "2000", "--disk", "4000", "--workdir", str(tmp),
-             "--pack-cache", str(tmp / "node-packs")],
-            env=env, cwd=tmp)
+        log = worker_log_dir(mgr) / "worker-1.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with open(log, "wb") as log_file:  # its lines would break into this demo's output
+            worker = subprocess.Popen(
+                [str(node / "bin" / "python"), "-m", "packmule", "worker", mgr.address,
+                 "--cores", "2", "--memory", "2000", "--disk", "4000", "--workdir", str(tmp),
+                 "--pack-cache", str(tmp / "node-packs")],
+                env=env, cwd=tmp, stderr=log_file)
+        ok = False
         try:
             print("\n1. a plain task: the worker's Python has no pack_helper")
             try:
@@ -91,10 +98,14 @@ def demo(tmp: Path) -> int:
             print(f"   all ran in the same pack: {same}, in {time.perf_counter() - start:.2f} s; "
                   f"packs sent to the worker: {stats.packs_sent}")
             inside = str(tmp / "node-packs" / task.pack.digest) in where
-            return 0 if inside and same and stats.packs_sent == 1 else 1
+            ok = inside and same and stats.packs_sent == 1
+            return 0 if ok else 1
         finally:
             mgr.shutdown()
             stop_worker(worker)
+            if not ok:
+                print(f"\nthe worker's log ({log}):\n{log.read_text(errors='replace')}",
+                      file=sys.stderr)
 
 
 if __name__ == "__main__":

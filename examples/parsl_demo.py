@@ -15,6 +15,10 @@ apps, written exactly as for Parsl's own executor:
 * ``archive``: a bash app whose stdout file travels back from the worker;
 * ``unlucky``: raises, and the exception arrives with its own type.
 
+While the ``simulate`` apps run, ``packmule.progress`` shows how far they
+are: a progress bar in a terminal, a summary line when the output goes to a
+file.
+
 Exit status: 0 when everything behaved as described, 1 otherwise.
 """
 
@@ -31,6 +35,7 @@ from parsl import bash_app, python_app
 from parsl.config import Config
 from parsl.providers import LocalProvider
 
+import packmule
 from packmule import WorkQueueExecutor  # the one changed line
 
 
@@ -89,6 +94,7 @@ def main() -> int:
     with parsl.load(Config(executors=[executor], run_dir=str(workdir / "runinfo"),
                            strategy_period=0.2)):
         sims = [simulate(seed) for seed in range(8)]
+        packmule.progress(sims)  # optional: bars in a terminal, a summary line in a log
         results = [f.result() for f in sims]
         total, reduce_cores = reduce_all([r[0] for r in results]).result()
         archive(total, stdout="archive.log").result()

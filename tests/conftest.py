@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
@@ -11,6 +14,19 @@ import pytest
 
 from packmule import Manager
 from packmule.local import local_cluster
+from packmule.observe.rundir import RUNS_ENV
+
+# Managers made without run_dir= make their run directories here, not in the checkout
+# (set at import, so that it holds for every test and every process they start).
+RUNS_DIR = tempfile.mkdtemp(prefix="packmule-test-runs-")
+os.environ[RUNS_ENV] = RUNS_DIR
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _runs_dir() -> Iterator[str]:
+    """The session's base for run directories; removed at the end."""
+    yield RUNS_DIR
+    shutil.rmtree(RUNS_DIR, ignore_errors=True)
 
 #: Short heartbeats so that lease expiry is testable in seconds.
 FAST = {"heartbeat_interval": 0.2, "lease": 2.0}

@@ -610,3 +610,41 @@ def test_stats_are_json(mode: AllocationMode) -> None:
     assert s["tasks_recorded"] == 12 and s["exhausted"] == 1
     assert s["max_seen"]["memory"] == 99999
     assert {"steady", "first_allocation", "explicit_max"} <= set(s)
+
+
+# ------------------------------------------------------------- the allocation now
+@settings(max_examples=60, deadline=None)
+@given(mode=st.sampled_from([M.FIXED, M.MAX, M.MIN_WASTE, M.MAX_THROUGHPUT, M.LADDER]),
+       records=st.lists(st.tuples(st.integers(1, 4), st.integers(1, 20_000),
+                                  st.booleans(), st.booleans()), max_size=80),
+       guess=st.booleans())
+def test_current_allocation_changes_only_with_its_epoch(
+        mode: AllocationMode, records: list[tuple[int, int, bool, bool]],
+        guess: bool) -> None:
+    """The answer is kept between changes of ``allocation_epoch`` (and of the largest
+    worker): kept, it is always what computing it afresh gives."""
+    cfg = CategoryConfig(mode=mode, steady_n=3, max=Resources(disk=500),
+                         first_guess=Resources(cores=1, memory=700) if guess else None)
+    cat = Category("c", cfg)
+    small = Resources(4, 8000, 8000, 0)
+    for cores, memory, exhausted, gave_up in records:
+        epoch = cat.allocation_epoch
+        before = cat.current_allocation(BIG)
+        cat.record(Resources(cores, memory, 10), 1.0, exhausted,
+                   gave_up=exhausted and gave_up)
+        if cat.allocation_epoch == epoch:
+            assert cat._first_allocation(BIG) == before
+        assert cat.current_allocation(BIG) == cat._first_allocation(BIG)
+        assert cat.current_allocation(small) == cat._first_allocation(small)
+    if mode is M.FIXED:
+        assert cat.allocation_epoch == 0
+
+
+def test_the_measured_peak_leaves_out_what_exhaustion_makes_up() -> None:
+    cat = Category("c", CategoryConfig(mode=M.MAX, steady_n=2))
+    assert cat.measured_peak is None
+    cat.record(Resources(1, 900, 10), 1.0, False)
+    # Exhausted at 1000 MB with a reading of 950: learned as 1001, read as 950.
+    cat.record(Resources(1, 1001, 10), 1.0, True, reading=Resources(1, 950, 10), cores=0.8)
+    assert cat.max_seen.memory == 1001
+    assert cat.measured_peak == Resources(1, 950, 10, 0)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 import time
@@ -12,6 +11,7 @@ import pytest
 
 import packmule
 from packmule import PythonTask, Task
+from packmule.observe.events import read_events
 from packmule.worker.monitor import CgroupRoot, kill_recorded
 
 from .conftest import ClusterFactory, connected, wait_until
@@ -127,8 +127,8 @@ def test_autolabel_learns_allocations_and_retries_a_task_that_outgrows_them(
         stats = mgr.category_stats()["learn"]
         assert stats["mode"] == mode
         def logged() -> bool:
-            log = [json.loads(line) for line in mgr.task_log.read_text().splitlines()]
-            return any(rec["status"] == "exhausted" and rec["task"] == big.id for rec in log)
+            return any(e["event"] == "attempt_finished" and e["status"] == "exhausted"
+                       and e["task"] == big.id for e in read_events(mgr.events_path))
 
         wait_until(logged)
 

@@ -253,3 +253,79 @@ def test_autolabel_learns_per_app_and_reports_measurements(tmp_path: Path) -> No
 def test_bad_autolabel_algorithm_is_a_clear_error() -> None:
     with pytest.raises(ValueError, match="unknown allocation mode 'fastest'"):
         WorkQueueExecutor(autolabel=True, autolabel_algorithm="fastest")
+
+
+def test_monitoring_node_table_has_a_row_per_worker(tmp_path: Path) -> None:
+    import socket
+
+    from parsl.monitoring import MonitoringHub
+
+    db = tmp_path / "monitoring.db"
+    hub = MonitoringHub(logging_endpoint=f"sqlite:///{db}", resource_monitoring_interval=0.2)
+    provider = LocalProvider(init_blocks=2, min_blocks=0, max_blocks=2)
+    with loaded(tmp_path, monitoring=hub, provider=provider,
+                worker_options="--cores 1 --memory 1000 --disk 1000") as ex:
+        assert ex.manager is not None
+        manager = ex.manager
+        wait_until(lambda: manager.stats().workers == 2, timeout=60)
+        assert compute(1).result(timeout=60)[0] == 2
+        run_id = ex.run_id
+    con = sqlite3.connect(db)
+    try:
+        rows = con.execute("select run_id, hostname, uid, block_id, cpu_count, total_memory, "
+                           "active, worker_count from node").fetchall()
+    finally:
+        con.close()
+    assert len(rows) == 2, rows
+    assert {r[0] for r in rows} == {run_id}
+    assert {r[1] for r in rows} == {socket.gethostname()}
+    assert len({r[2] for r in rows}) == 2  # one row per worker
+    assert sorted(r[3] for r in rows) == ["0", "1"]  # LocalProvider: each worker's own block
+    assert {(r[4], r[5], r[6], r[7]) for r in rows} == {(1, 1000 << 20, 1, 1)}
+
+
+def test_progress_of_app_futures_by_app_name(tmp_path: Path) -> None:
+    import io
+
+    import packmule
+
+    with loaded(tmp_path):
+        futs = [compute(i) for i in range(3)] + [read_env("HOME"), unknown_app()]
+        buf = io.StringIO()
+        packmule.progress(futs, file=buf, interval=60)
+    last = buf.getvalue().splitlines()[-1]
+    assert last.startswith("packmule: 5/5 done (1 failed), compute 3/3, read_env 1/1, "
+                           "unknown_app 1/1 (1 failed); "), last
+
+
+@python_app
+def unknown_app() -> None:
+    raise KeyError("nope")
+
+
+@python_app
+def greedy(parsl_resource_specification: dict[str, int] = {"cores": 8}) -> None:  # noqa: B006
+    pass
+
+
+def test_a_task_too_big_for_every_worker_is_named_by_its_app_in_parsl_log(
+        tmp_path: Path) -> None:
+    import json
+    import logging
+
+    from packmule.parsl.executor import _ToParslLog
+
+    with loaded(tmp_path) as ex:
+        assert compute(1).result(timeout=60)[0] == 2  # a worker is up
+        greedy()
+        parsl_log = Path(ex.run_dir) / "parsl.log"
+        warning = wait_until(lambda: [line for line in parsl_log.read_text().splitlines()
+                                      if "(greedy) needs" in line], timeout=30)
+        for fut in list(ex.tasks.values()):
+            fut.cancel()
+    events = (Path(ex.run_dir) / ex.label / "events.jsonl").read_text().splitlines()
+    assert len(warning) == 1, warning  # once, though two handlers could have passed it on
+    assert "WARNING" in warning[0] and "largest connected worker" in warning[0]
+    submitted = [json.loads(e) for e in events if '"task_submitted"' in e]
+    assert [e["label"] for e in submitted] == ["compute", "greedy"]
+    assert not [h for h in logging.getLogger("packmule").handlers if isinstance(h, _ToParslLog)]

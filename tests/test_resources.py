@@ -35,6 +35,25 @@ def test_unknown_field_named_in_error() -> None:
         Resources.coerce({"cpus": 2})
 
 
+@pytest.mark.parametrize(
+    ("key", "meant"),
+    [("memroy", "memory"), ("Memory", "memory"), ("core", "cores"), ("gpu", "gpus"),
+     ("disks", "disk"), ("cpus", "cores"), ("mem", "memory"), ("n_cpus", "cores")],
+)
+def test_a_typo_in_a_resource_names_the_field_meant(key: str, meant: str) -> None:
+    with pytest.raises(InvalidResources) as info:
+        Resources.coerce({key: 500})
+    assert str(info.value) == (f"unknown resource field(s) {key!r} (did you mean {meant!r}?); "
+                               "the fields are cores, memory, disk, gpus")
+
+
+def test_unknown_fields_without_a_likely_meaning_are_listed_plainly() -> None:
+    with pytest.raises(InvalidResources) as info:
+        Resources.coerce({"walltime": 60, "memroy": 1, 3: 1})
+    assert str(info.value) == ("unknown resource field(s) 3, 'memroy' (did you mean 'memory'?), "
+                               "'walltime'; the fields are cores, memory, disk, gpus")
+
+
 def test_integral_float_accepted() -> None:
     assert Resources(cores=2.0).cores == 2  # type: ignore[arg-type]
 

@@ -142,7 +142,7 @@ def test_what_is_allowed_stays_allowed() -> None:
 
 
 def test_wrong_shapes_are_refused() -> None:
-    with pytest.raises(ProtocolError, match="a list of 7 fields"):
+    with pytest.raises(ProtocolError, match="a list of 8 fields"):
         m.decode(msgpack.packb([m.Hello.TAG, 1]))
     with pytest.raises(ProtocolError, match=r"field 'results\[0\]' must be a list of 14"):
         m.decode(msgpack.packb([m.Results.TAG, [[1, 2]]]))

@@ -37,6 +37,7 @@ from .errors import (
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from .manager import Manager, ManagerStats
+    from .observe.progress import progress
     from .parsl import WorkQueueExecutor
     from .resources import Resources
     from .task import CommandResult, File, PythonTask, Task
@@ -51,6 +52,7 @@ _LAZY = {
     "PythonTask": "task",
     "Task": "task",
     "WorkQueueExecutor": "parsl",  # imports Parsl
+    "progress": "observe.progress",
 }
 
 
@@ -102,4 +104,5 @@ __all__ = [
     "WorkQueueExecutor",
     "WorkerLost",
     "__version__",
+    "progress",
 ]

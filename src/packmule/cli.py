@@ -1,4 +1,5 @@
-"""The ``packmule`` command line: ``worker``, ``status``, ``runs``, ``report``, ``pack``, ``sim``."""
+"""The ``packmule`` command line: ``worker``, ``status``, ``runs``, ``report``, ``pack``,
+``sim``."""
 
 from __future__ import annotations
 

@@ -7,6 +7,7 @@ specified, to be filled in by the allocation rule) or a *concrete amount*
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Mapping
 from typing import Any
 
@@ -14,6 +15,19 @@ from .errors import InvalidResources
 
 FIELDS = ("cores", "memory", "disk", "gpus")
 UNITS = {"cores": "cores", "memory": "MB", "disk": "MB", "gpus": "gpus"}
+#: What other systems call them (Slurm, Kubernetes, ...), for "did you mean".
+_SYNONYMS = {"cpu": "cores", "cpus": "cores", "ncpus": "cores", "core": "cores",
+             "mem": "memory", "ram": "memory", "gpu": "gpus", "ngpus": "gpus"}
+
+
+def _unknown(key: object) -> str:
+    """An unknown field, with the field it most likely means."""
+    text = str(key)
+    guess = _SYNONYMS.get(text.lower().replace("_", "").replace("-", ""))
+    if guess is None:
+        close = difflib.get_close_matches(text.lower(), FIELDS, n=1, cutoff=0.6)
+        guess = close[0] if close else None
+    return f"{key!r} (did you mean {guess!r}?)" if guess else repr(key)
 
 
 def _check(name: str, value: object) -> int | None:
@@ -108,10 +122,10 @@ class Resources:
         if isinstance(value, Resources):
             return value
         if isinstance(value, Mapping):
-            unknown = sorted(set(value) - set(FIELDS))
+            unknown = sorted(set(value) - set(FIELDS), key=str)
             if unknown:
                 raise InvalidResources(
-                    f"unknown resource field(s) {', '.join(map(repr, unknown))}; "
+                    f"unknown resource field(s) {', '.join(map(_unknown, unknown))}; "
                     f"the fields are {', '.join(FIELDS)}"
                 )
             return cls(**value)

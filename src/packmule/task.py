@@ -77,6 +77,10 @@ class Task:
     shell task; a timeout or a crash is; None: no limit); worker losses
     never use it up.
     ``timeout`` is a wall-time limit in seconds.
+
+    Set :attr:`label` before submitting to name the task in the manager's
+    warnings, its event log and ``packmule status`` (default: the command, or
+    a :class:`PythonTask`'s function name).
     """
 
     kind = "shell"
@@ -84,7 +88,9 @@ class Task:
     # Filled in by the manager. Until then these class-level values stand in: a queued
     # task holds only what it was given (a million of them are queued at times).
     id: int | None = None
-    future: Future[Any] | None = None
+    #: The name it goes by in warnings, the event log and ``packmule status``;
+    #: None: :meth:`describe` names it by its command or function.
+    label: str | None = None
     attempts = 0
     worker: str | None = None
     hostname: str | None = None
@@ -107,6 +113,20 @@ class Task:
     #: The pack it runs in, once built (set by the manager).
     pack: Pack | None = None
     tag: str | None = None
+    _future: Future[Any] | None = None
+
+    @property
+    def future(self) -> Future[Any] | None:
+        """Its future, once submitted (set by the manager)."""
+        return self._future
+
+    @future.setter
+    def future(self, fut: Future[Any] | None) -> None:
+        # The future carries its task's category, for whoever has only the future
+        # (``packmule.progress(futures)``): one shared string, no reference to the task.
+        if fut is not None:
+            fut.category = self.category  # type: ignore[attr-defined]
+        self._future = fut
 
     def __init__(
         self,
@@ -173,7 +193,11 @@ class Task:
         return f"<{type(self).__name__} {self.id} {self.describe()}>"
 
     def describe(self) -> str:
-        return repr(self.command[:60])
+        """What the task is called: its :attr:`label`, else the start of its command."""
+        if self.label:
+            return self.label
+        line = " ".join(self.command.split())  # one line, for logs and tables
+        return line if len(line) <= 60 else line[:57] + "..."
 
 
 class PythonTask(Task):
@@ -229,4 +253,8 @@ class PythonTask(Task):
         return dumps_call(self.fn, self.args, self.kwargs)
 
     def describe(self) -> str:
-        return getattr(self.fn, "__qualname__", repr(self.fn))
+        """Its :attr:`label`, else the function's qualified name."""
+        if self.label:
+            return self.label
+        name = getattr(self.fn, "__qualname__", None)
+        return name if isinstance(name, str) else repr(self.fn)

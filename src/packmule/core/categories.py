@@ -711,6 +711,10 @@ class _Ladder:
         self.beyond += weight
         self._dirty = True
 
+    def due(self) -> bool:
+        """Whether :meth:`current` would compute the ladder anew."""
+        return self._dirty and self.total >= self._next_update
+
     def current(self) -> list[int]:
         """The ladder, recomputed when enough new peaks arrived (every 5 % more, at least 1)."""
         if self._dirty and self.total >= self._next_update:
@@ -748,6 +752,7 @@ class Category:
         widths = cfg.widths.astuple()
         self._hist = [Histogram(w or 1) for w in widths]
         self._seen = [0, 0, 0, 0]       # max_resources_seen (every recorded attempt)
+        self._peak = [0, 0, 0, 0]       # the largest readings (nothing made up for exhaustion)
         self._done_max = [0, 0, 0, 0]   # largest peak of a normal completion
         self._first: _Vals | None = None
         self._since_reset = 0
@@ -759,6 +764,10 @@ class Category:
         self._tasks = 0
         self._attempts = 0
         self._exhausted = 0
+        #: Changes whenever what :meth:`current_allocation` answers may have changed (for a
+        #: given largest worker); its last answer is kept with what it depended on.
+        self._allocation_epoch = 0
+        self._allocation: tuple[int, Resources, Resources | None] | None = None
         self._wall_ema: float | None = None  # normal completions' wall time, smoothed
         self._rng = random.Random(seed)
         self._pins: dict[int, tuple[tuple[object, ...], Resources]] = {}
@@ -794,6 +803,63 @@ class Category:
     @property
     def max_seen(self) -> Resources:
         return Resources(*self._seen)
+
+    @property
+    def measured_peak(self) -> Resources | None:
+        """The largest of each resource read by the worker in any recorded attempt (None
+        before the first). Unlike :attr:`max_seen`, an exhausted attempt counts with its
+        reading only, not with the "allocation + 1" it is learned from."""
+        return Resources(*self._peak) if self._attempts else None
+
+    @property
+    def attempts_recorded(self) -> int:
+        return self._attempts
+
+    @property
+    def allocation_epoch(self) -> int:
+        """A number that changes whenever :meth:`current_allocation` may answer otherwise
+        for the same largest worker: compare it to skip asking."""
+        return self._allocation_epoch
+
+    @property
+    def tasks_recorded(self) -> int:
+        """Normal completions learned from."""
+        return self._tasks
+
+    def current_allocation(self, largest_worker: Resources) -> Resources | None:
+        """What a task of this category that asks for nothing is given on its first
+        attempt now, before the box rule fills the rest. None when that is nothing (a
+        whole worker: FIXED mode without a max, or nothing learned yet), and in the
+        bucketing modes, whose draws differ task by task.
+
+        Nothing is drawn and no decision changes. The answer is kept until
+        :attr:`allocation_epoch` or ``largest_worker`` changes, so asking after every
+        result costs a comparison; computing it anew in LADDER mode may bring the ladder
+        up to date (the computation the next task's request would do anyway).
+        """
+        kept = self._allocation
+        if kept is not None and kept[0] == self._allocation_epoch and \
+                kept[1] == largest_worker:
+            return kept[2]
+        answer = self._first_allocation(largest_worker)
+        self._allocation = (self._allocation_epoch, largest_worker, answer)
+        return answer
+
+    def _first_allocation(self, largest_worker: Resources) -> Resources | None:
+        """:meth:`current_allocation`, computed."""
+        if self.mode is AllocationMode.FIXED:
+            learned: _Vals = list(self._max)
+        elif self.mode in _HISTOGRAM_MODES:
+            learned = self._histogram_request(Attempt.FIRST, _ints(largest_worker),
+                                              [0, 0, 0, 0], set())
+        elif self.mode is AllocationMode.LADDER:
+            learned = self._ladder_request(Attempt.FIRST, _ints(largest_worker),
+                                           [0, 0, 0, 0], set())
+        else:
+            return None
+        if all(v is None for v in learned):
+            return None
+        return Resources(*learned)
 
     def next_label(self, task_request: Resources, measured: Resources) -> Attempt | None:
         """After an exhausted attempt: MAX (retry) or None (Work Queue's ERROR: fail the task)."""
@@ -966,7 +1032,7 @@ class Category:
     # ------------------------------------------------------------ learning
     def record(self, measured: Resources, wall_time: float, exhausted: bool, *,
                cores: float | None = None, task_key: int | None = None,
-               gave_up: bool = False) -> None:
+               gave_up: bool = False, reading: Resources | None = None) -> None:
         """Account a finished attempt: its measured peaks, wall time (s), and whether it
         exhausted its allocation.
 
@@ -974,11 +1040,20 @@ class Category:
         ``measured.cores`` after :func:`denoise_cores`. Exhausted attempts only
         raise the maximum seen; only normal completions enter the histograms,
         points and ladders. With ``task_key``, a normal completion also drops
-        the task's pinned draw.
+        the task's pinned draw. ``reading`` is what the worker read, when ``measured``
+        holds more (an exhausted attempt is learned from as having used at least its
+        allocation + 1): only readings enter :attr:`measured_peak`.
         """
         m = _ints(measured)
         if cores is not None:
             m[CORES] = denoise_cores(cores)
+        peak = self._peak
+        got = m if reading is None else _ints(reading)
+        if reading is not None and cores is not None:
+            got[CORES] = m[CORES]
+        for r in range(4):
+            if got[r] > peak[r]:
+                peak[r] = got[r]
         self._attempts += 1
         if exhausted:
             self._exhausted += 1
@@ -994,13 +1069,19 @@ class Category:
                     if m[r] > h.round_up(h.max_value):
                         self._first = None
                         self._since_reset = 0
+                        self._allocation_epoch += 1
                         break
         # 2. steady is judged before this completion is counted
-        self._steady = self._since_reset >= n
+        steady = self._since_reset >= n
+        if steady != self._steady:
+            self._steady = steady
+            self._allocation_epoch += 1
         # 3. every attempt raises the maximum seen
+        seen = self._seen
         for r in range(4):
-            if m[r] > self._seen[r]:
-                self._seen[r] = m[r]
+            if m[r] > seen[r]:
+                seen[r] = m[r]
+                self._allocation_epoch += 1
         if exhausted:
             if gave_up:
                 # the task failed for good: it climbed every level (ladder mode learns that)
@@ -1008,6 +1089,8 @@ class Category:
                 for r, lad in self._ladders.items():
                     if m[r] > lad.max_value():
                         lad.add_beyond(w)
+                        if lad.due():
+                            self._allocation_epoch += 1
                 if task_key is not None:
                     self.forget(task_key)
             return
@@ -1021,10 +1104,13 @@ class Category:
         self._tasks += 1
         if self.mode in _HISTOGRAM_MODES and self._since_reset % n == 0:
             self._update_first()
+            self._allocation_epoch += 1
         for r, state in self._bucketing.items():
             state.add(m[r])
         for r, lad in self._ladders.items():
             lad.add(m[r], wall if wall > 0 else 1.0)
+            if lad.due():
+                self._allocation_epoch += 1
         if task_key is not None:
             self.forget(task_key)
 

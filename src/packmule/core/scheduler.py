@@ -20,7 +20,7 @@ import heapq
 import itertools
 import math
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -96,6 +96,10 @@ _UNUSABLE = Ruling(Verdict.FAILED, Failure.UNUSABLE)
 
 #: One entry of a task's history: (time, from, to, why, arguments for why).
 _Entry = tuple[float, TaskState, TaskState, str, tuple[object, ...]]
+#: What an exhausted attempt without a reading was measured to use: nothing.
+_UNMEASURED = Resources()
+#: Each state's place in a category's counts (see :meth:`ManagerState.category_counts`).
+_SLOT = {s: i for i, s in enumerate(TaskState)}
 
 
 @dataclass(slots=True, eq=False)
@@ -128,6 +132,12 @@ class TaskRecord:
     #: Its queue while it waits (None while it runs, or when parked on its own).
     queue: ShapeQueue | None = None
     _history: list[_Entry] | None = None
+
+    @property
+    def since(self) -> float:
+        """When it entered its current state (the caller's clock, as ``now``)."""
+        h = self._history
+        return h[-1][0] if h else self.submitted
 
     @property
     def history(self) -> list[str]:
@@ -176,6 +186,9 @@ class ManagerState:
         self._parked: list[TaskRecord] = []
         self._seq = itertools.count()
         self._counts: dict[TaskState, int] = dict.fromkeys(TaskState, 0)
+        #: Per category, tasks in each state (:data:`_SLOT` order); the final states count
+        #: every task that reached them (forgetting a task does not uncount it).
+        self._by_category: dict[str, list[int]] = {}
         self.notices: list[Unplaceable] = []
         #: Something happened since the last full pass that may let a task start.
         self.changed = False
@@ -206,6 +219,9 @@ class ManagerState:
             del h[0]
         self._counts[t.state] -= 1
         self._counts[to] += 1
+        c = self._by_category[t.category]
+        c[_SLOT[t.state]] -= 1
+        c[_SLOT[to]] += 1
         t.state = to
 
     def _enqueue(self, t: TaskRecord) -> None:
@@ -270,6 +286,10 @@ class ManagerState:
                        category=category, submitted=now)
         self.tasks[task_id] = t
         self._counts[TaskState.WAITING] += 1
+        c = self._by_category.get(category)
+        if c is None:
+            c = self._by_category[category] = [0] * len(_SLOT)
+        c[_SLOT[TaskState.WAITING]] += 1
         self._enqueue(t)
         self._check()
 
@@ -402,7 +422,8 @@ class ManagerState:
         at_most = all((getattr(had, r) or 0) >= (getattr(largest, r) or 0) for r in exceeded)
         over_explicit = [r for r in cat.exceeds_explicit_limit(t.request, used) if r in exceeded]
         give_up = bool(over_explicit or (exceeded and at_most) or t.exhaustions > MAX_EXHAUSTIONS)
-        cat.record(used, wall_time, True, cores=cores, task_key=t.id, gave_up=give_up)
+        cat.record(used, wall_time, True, cores=cores, task_key=t.id, gave_up=give_up,
+                   reading=measured or _UNMEASURED)
         self._learned(cat)
         what = ", ".join(exceeded)
         if give_up:
@@ -678,6 +699,18 @@ class ManagerState:
         """(committed, total) summed over connected workers."""
         return self.pool.totals()
 
+    def parked(self) -> Iterator[TaskRecord]:
+        """Waiting tasks set aside on their own (outside every shape queue) because their
+        own request fits no connected worker; they number ``counts()["waiting"]`` minus
+        ``len(waiting)``. Lazily, from a list that may hold tasks that left since."""
+        return (t for t in self._parked if t.state is TaskState.WAITING and t.queue is None)
+
+    def category_counts(self) -> dict[str, dict[str, int]]:
+        """Per category that has had tasks: how many wait and run now, and how many have
+        ended done, failed and cancelled (kept on each transition: no scan)."""
+        return {name: {s.value: c[i] for s, i in _SLOT.items()}
+                for name, c in self._by_category.items()}
+
     # ------------------------------------------------------------ invariants
     def _check(self) -> None:
         if self.validate:
@@ -705,6 +738,10 @@ class ManagerState:
         counted = Counter(t.state for t in self.tasks.values())
         for s in TaskState:
             assert counted[s] == self._counts[s], f"{s.value}: {counted[s]} != {self._counts[s]}"
+        live = Counter((t.category, t.state) for t in self.tasks.values())
+        for name, c in self._by_category.items():
+            for s in (TaskState.WAITING, TaskState.RUNNING):
+                assert live[name, s] == c[_SLOT[s]], f"category {name}: {s.value} count"
         for t in self.tasks.values():
             if t.state is TaskState.RUNNING:
                 assert t.worker in self.workers, f"task {t.id} runs on unknown worker {t.worker}"

@@ -56,8 +56,10 @@ class ShapeQueue:
     #: came back out of order (requeued); entries of tasks that left are skipped lazily.
     fifo: deque[tuple[int, int]] = field(default_factory=deque)
     late: list[tuple[int, int]] = field(default_factory=list)
-    #: Tasks waiting in it.
+    #: Tasks waiting in it, and how many of them were requeued (their worker was lost, or
+    #: handed them back) at least once.
     waiting: int = 0
+    requeued: int = 0
     #: Its shape fits no connected worker: it waits for a new worker, out of the order.
     parked: bool = False
     #: The scheduler said so once.
@@ -96,6 +98,11 @@ class ShapeQueue:
 
     def entries(self) -> list[tuple[int, int]]:
         return [*self.fifo, *self.late, *self.deferred]
+
+    def scan(self) -> Iterator[tuple[int, int]]:
+        """Its entries, without a copy (the fifo in order, then the others; some may be
+        stale: of tasks that left). Nothing may change the queue while this is read."""
+        return itertools.chain(self.fifo, self.late, self.deferred)
 
 
 class WaitingTasks:
@@ -139,6 +146,8 @@ class WaitingTasks:
         q.push((t.seq, t.id))
         t.queue = q
         q.waiting += 1
+        if t.requeues:
+            q.requeued += 1
         self._count += 1
         n = self._priorities.get(t.priority, 0)
         if not n:
@@ -157,6 +166,8 @@ class WaitingTasks:
 
     def _left(self, q: ShapeQueue, t: TaskRecord) -> None:
         q.waiting -= 1
+        if t.requeues:
+            q.requeued -= 1
         self._count -= 1
         self._priorities[t.priority] -= 1
         if not self._priorities[t.priority]:
@@ -370,6 +381,10 @@ class WaitingTasks:
                     if (t := self._tasks.get(tid)) is not None and t.queue is q
                     and t.seq == seq and t.state is TaskState.WAITING)
             assert n == q.waiting, f"queue {q.id}: {n} waiting, counted {q.waiting}"
+            r = sum(1 for seq, tid in set(q.entries())
+                    if (t := self._tasks.get(tid)) is not None and t.queue is q
+                    and t.seq == seq and t.state is TaskState.WAITING and t.requeues)
+            assert r == q.requeued, f"queue {q.id}: {r} requeued, counted {q.requeued}"
             assert not q.deferred, f"queue {q.id} still has deferred heads"
             assert q.parked == (q.id in self._parked), f"queue {q.id} parking"
             assert q.no_room == (q.id in stalled), f"queue {q.id} stalling"

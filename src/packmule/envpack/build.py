@@ -13,6 +13,7 @@ import csv
 import hashlib
 import importlib.metadata as md
 import json
+import logging
 import os
 import platform
 import shutil
@@ -20,6 +21,8 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+import time
+import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +30,7 @@ from pathlib import Path
 from .._version import __version__
 from ..errors import PackError
 from .analysis import PackSpec
+from .cache import hold, touch
 from .environment import environment, is_editable, metadata_dir
 from .layout import (
     BIN_PYTHON,
@@ -50,6 +54,8 @@ _FIXED_MTIME = 946684800  # 2000-01-01
 _STDLIB_SKIP_TOP = ("site-packages", "dist-packages", "test", "idlelib", "turtledemo", "ensurepip")
 _STDLIB_SKIP_ANY = ("test", "tests", "idle_test")
 _CHUNK = 1 << 20
+
+log = logging.getLogger("packmule.envpack")
 
 _WRAPPER = f"""#!/bin/sh
 # packmule environment pack: run the pack's own interpreter on the pack's own libraries.
@@ -406,21 +412,35 @@ def _atomic_write(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def _held(pack: Pack) -> bool:
+    """Mark the pack's tar in use for as long as ``pack`` lives (see :mod:`.cache`);
+    False: a cleaner is removing it."""
+    fd = hold(pack.path)
+    if fd is None:
+        return False
+    weakref.finalize(pack, os.close, fd)
+    return True
+
+
 def build_pack(spec: PackSpec, cache_dir: Path | None = None) -> Pack:
     """The pack for ``spec``, from the cache or built into it.
 
     A build writes a temporary file and renames it into place, so concurrent
     builders and crashes never leave a partial pack; identical inputs give
-    identical bytes, so racing builders agree.
+    identical bytes, so racing builders agree. The pack is marked in use for as
+    long as the returned :class:`Pack` lives, so ``packmule pack clean`` leaves
+    it alone.
     """
     digest = pack_digest(spec)
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     hit = cached_pack(digest, cache)
-    if hit is not None:
+    if hit is not None and _held(hit):
+        touch(_sidecar(cache, digest))  # its last use, for packmule pack list|clean
         return hit
     cache.mkdir(parents=True, exist_ok=True)
     final = cache / f"{digest}.tar"
     work = Path(tempfile.mkdtemp(dir=cache, prefix=f".{digest[:16]}."))
+    started = time.perf_counter()
     try:
         stage = work / "stage"
         stage.mkdir()
@@ -434,4 +454,10 @@ def build_pack(spec: PackSpec, cache_dir: Path | None = None) -> Pack:
         _atomic_write(_sidecar(cache, digest), json.dumps(info, indent=1) + "\n")
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    return Pack(digest, final, sha, size)
+    pack = Pack(digest, final, sha, size)
+    _held(pack)
+    log.info("built environment pack %s (%.1f MB, %d files) in %.1f s: %s; "
+             "`packmule pack list` shows the packs kept there, `packmule pack clean` "
+             "removes old ones", digest[:12], size / 1e6, len(listing.members),
+             time.perf_counter() - started, final)
+    return pack

@@ -1,4 +1,5 @@
-"""``packmule pack show|build``: what a pack would hold, and building it."""
+"""``packmule pack show|build|list|clean``: what a pack would hold, building it, and
+the packs kept in the manager's and workers' caches."""
 
 from __future__ import annotations
 
@@ -23,10 +24,10 @@ _EPILOG = (
 
 
 def add_parser(sub: Any) -> None:
-    """Add ``pack show`` and ``pack build`` to the ``packmule`` subcommands."""
+    """Add ``pack show|build|list|clean`` to the ``packmule`` subcommands."""
     pack = sub.add_parser(
         "pack",
-        help="show or build the environment pack of Python functions",
+        help="show, build, list or clean environment packs of Python functions",
         description=(
             "An environment pack is one tar holding a Python interpreter, its standard "
             "library, the distributions and local modules some functions import, and "
@@ -61,6 +62,45 @@ def add_parser(sub: Any) -> None:
                        help="also copy the pack here (a file, or a directory to put it in)")
     build.add_argument("--cache-dir", metavar="DIR",
                        help="where packs are kept (default: $XDG_CACHE_HOME/packmule/packs)")
+    listing = verbs.add_parser(
+        "list", help="list the packs in a pack cache: size, last use, what each holds",
+        description="List the packs kept in the manager's pack cache (or a worker's, with "
+                    "--worker): digest, size, when last used, whether a running manager or "
+                    "worker holds it, and what it holds; then the totals.",
+    )
+    clean = verbs.add_parser(
+        "clean", help="remove packs not used for some days from a pack cache",
+        description="Remove the packs of the manager's pack cache (or a worker's, with "
+                    "--worker) not used for DAYS days, or all of them with --all. Packs held "
+                    "by a running manager or worker, and packs used in the last minute, are "
+                    "never removed. Leftovers of builds or unpacks killed over a day ago go "
+                    "too. Exit codes: 0 done, 1 the cache cannot be read, 2 bad command line.",
+    )
+    for p in (listing, clean):
+        where = p.add_mutually_exclusive_group()
+        where.add_argument("--cache", "--cache-dir", dest="cache", metavar="DIR",
+                           help="the pack cache to look at (default: the manager's, "
+                                "$XDG_CACHE_HOME/packmule/packs)")
+        where.add_argument("--worker", action="store_true",
+                           help="the workers' default pack cache "
+                                "($XDG_CACHE_HOME/packmule/worker-packs)")
+    age = clean.add_mutually_exclusive_group(required=True)
+    age.add_argument("--older-than", type=_days, metavar="DAYS",
+                     help="remove packs not used for DAYS days (may be fractional: 0.5)")
+    age.add_argument("--all", action="store_true",
+                     help="remove every pack not in use (nor used in the last minute)")
+    clean.add_argument("--dry-run", action="store_true",
+                       help="say what would be removed, and remove nothing")
+
+
+def _days(text: str) -> float:
+    try:
+        days = float(text)
+    except ValueError:
+        days = -1.0
+    if not days >= 0:  # NaN too
+        raise argparse.ArgumentTypeError(f"expected a number of days >= 0, got {text!r}")
+    return days
 
 
 def load_function(target: str) -> Callable[..., Any]:
@@ -157,10 +197,115 @@ def build(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cache_dir(args: argparse.Namespace) -> Path:
+    if args.cache:
+        return Path(args.cache)
+    if args.worker:
+        from .unpack import default_cache_root
+
+        return default_cache_root()
+    from .build import default_cache_dir
+
+    return default_cache_dir()
+
+
+def _kind(args: argparse.Namespace) -> str:
+    return "worker pack cache" if args.worker else "pack cache"
+
+
+def list_packs(args: argparse.Namespace) -> int:
+    from ..observe.units import ago, size
+    from . import cache as c
+
+    where = _cache_dir(args)
+    found = c.entries(where)
+    packs = [e for e in found if e.kind != "leftover"]
+    leftovers = [e for e in found if e.kind == "leftover"]
+    print(f"{_kind(args)} {where}")
+    if not found:
+        print("no packs" + ("" if where.is_dir() else " (the directory does not exist)"))
+        return 0
+    rows = [("DIGEST", "SIZE", "LAST USED", "IN USE", "HOLDS")]
+    for e in packs:
+        man = c.manifest(e)
+        what = c.holds(man) if man is not None else "(no manifest)"
+        if not e.complete:
+            what = "incomplete (a build or unpack was interrupted); " + what
+        users = "?" if e.users is None else ",".join(map(str, e.users)) or "-"
+        rows.append((e.name[:12], size(e.size), ago(e.age), users, what))
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    for r in rows:
+        print("  ".join(v.ljust(w) for v, w in zip(r[:4], widths, strict=True)) + "  " + r[4])
+    in_use = sum(1 for e in packs if e.users)
+    total = f"{len(packs)} pack{'s' * (len(packs) != 1)}, {size(sum(e.size for e in packs))}"
+    if in_use:
+        total += f", {in_use} in use (IN USE: the processes holding it)"
+    if leftovers:
+        total += (f"; and {len(leftovers)} leftover{'s' * (len(leftovers) != 1)} of builds or "
+                  f"unpacks, {size(sum(e.size for e in leftovers))}")
+    print(f"total: {total}")
+    return 0
+
+
+def _count(n: int, what: str) -> str:
+    return f"{n} {what}{'s' * (n != 1)}"
+
+
+def clean_packs(args: argparse.Namespace) -> int:
+    from ..observe.units import ago, size
+    from . import cache as c
+
+    where = _cache_dir(args)
+    older = 0.0 if args.all else args.older_than * 86400
+    verb = "would remove" if args.dry_run else "removed"
+    freed = 0
+    gone = {"pack": 0, "leftover": 0}
+    kept = failed = 0
+    lines: list[str] = []
+    for e in c.entries(where):
+        why = c.removable(e, older)
+        kind = "leftover" if e.kind == "leftover" else "pack"
+        label = f"leftover {e.name}" if kind == "leftover" else e.name[:12]
+        if why is None and not args.dry_run:
+            try:
+                why = c.remove(e, older)
+            except OSError as exc:  # another user's cache, a read-only file system
+                failed += 1
+                lines.append(f"cannot remove {exc.filename or e.paths[0]}: "
+                             f"{exc.strerror or exc}; {_UNREMOVABLE}")
+                continue
+        if why is None:
+            freed += e.size
+            gone[kind] += 1
+            lines.append(f"{verb} {label} ({size(e.size)}, last used {ago(e.age)})")
+        elif kind == "pack":
+            kept += 1
+            lines.append(f"kept {label}: {why}")
+    print(f"{_kind(args)} {where}")
+    print("\n".join(lines) if lines else "no packs")
+    what = _count(gone["pack"], "pack")
+    if gone["leftover"]:
+        what += f", {_count(gone['leftover'], 'leftover')}"
+    space = "would free" if args.dry_run else "freed"
+    end = f"; {failed} could not be removed" if failed else ""
+    print(f"{space} {size(freed)} ({what}); {_count(kept, 'pack')} kept{end}")
+    return 1 if failed else 0
+
+
+#: What to do about a pack that cannot be removed.
+_UNREMOVABLE = ("check who owns it and its permissions (a cache of another user is theirs "
+                "to clean), or remove it by hand")
+
+
+_VERBS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "show": show, "build": build, "list": list_packs, "clean": clean_packs,
+}
+
+
 def main(args: argparse.Namespace) -> int:
     """Run ``packmule pack ...``; a :class:`PackError` becomes a message and exit status 1."""
     try:
-        return show(args) if args.pack_command == "show" else build(args)
+        return _VERBS[args.pack_command](args)
     except PackError as exc:
         print(f"packmule pack: {exc}", file=sys.stderr)
         return 1

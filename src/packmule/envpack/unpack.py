@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from ..errors import PackCorrupted, PackError
+from .cache import touch
 from .layout import BIN_PYTHON, MANIFEST, cache_home, gnu_tar
 from .tarcheck import UnsafeMember, check_file, check_path
 
@@ -58,6 +59,7 @@ def unpack(tar_path: Path, digest: str, sha256: str, cache_root: Path) -> Path:
     cache_root, tar_path = Path(cache_root), Path(tar_path)
     final = cache_root / digest
     if (final / COMPLETE).exists():
+        touch(final)  # its last use, for packmule pack list|clean
         return final
     cache_root.mkdir(parents=True, exist_ok=True)
     try:

@@ -74,6 +74,8 @@ class WorkerConn:
     resources: Resources
     #: Messages to it in order behind one that goes in pieces (None: none has yet).
     outbox: Outbox | None = None
+    #: When it joined (Unix time).
+    joined: float = 0.0
 
 
 def _socket_at(fd: int) -> socket.socket | None:

@@ -54,6 +54,15 @@ class Config:
     prefetch: bool
     log_level: int
     forward_messages: bool
+    #: Write the event log and the status file (``Manager(observe=...)``).
+    observe: bool = True
+    #: The host name workers are told to use (see ``Manager.address``); with the port
+    #: it is the manager's address in the event log, the status file and the advice.
+    public_host: str = "127.0.0.1"
+    #: The password file workers need (None: the secret came from the environment).
+    password_file: str | None = None
+    #: Send the Manager a :class:`WorkerJoined` for each worker that joins.
+    report_joins: bool = False
 
 
 @dataclass(frozen=True)
@@ -117,8 +126,18 @@ class Stop(NamedTuple):
     """Shut down: workers are told to exit (if so configured), unfinished tasks fail."""
 
 
+class PackBuilt(NamedTuple):
+    """The Manager's pack builder found or built an environment pack (for the event log:
+    the loop is its one writer)."""
+
+    digest: str
+    path: str
+    size: int
+    seconds: float
+
+
 #: The questions a :class:`Call` may ask.
-CALLS = frozenset({"stats", "category_stats", "configure_category"})
+CALLS = frozenset({"stats", "category_stats", "configure_category", "status"})
 
 
 # ---------------------------------------------------------------- loop -> Manager
@@ -176,11 +195,18 @@ class Stopped(NamedTuple):
     error: str
 
 
-Message = (Submit | Cancel | Call | Stop | Ready | StartFailed | Log | Done | Messages | Reply
-           | Largest | Stopped)
+class WorkerJoined(NamedTuple):
+    """A worker joined (sent only when :attr:`Config.report_joins`): ``event`` is its
+    ``worker_joined`` event as the event log has it."""
+
+    event: dict[str, Any]
+
+
+Message = (Submit | Cancel | Call | Stop | PackBuilt | Ready | StartFailed | Log | Done
+           | Messages | Reply | Largest | Stopped | WorkerJoined)
 
 _TYPES: tuple[type[Any], ...] = (Submit, Cancel, Call, Stop, Ready, StartFailed, Log, Done,
-                                 Messages, Reply, Largest, Stopped)
+                                 Messages, Reply, Largest, Stopped, PackBuilt, WorkerJoined)
 _TAGS: dict[type[Any], int] = {cls: i for i, cls in enumerate(_TYPES)}
 
 

@@ -25,6 +25,7 @@ import errno
 import faulthandler
 import logging
 import logging.handlers
+import math
 import os
 import pickle
 import signal
@@ -39,6 +40,7 @@ from typing import Any
 import zmq
 
 from .._version import __version__
+from ..core.categories import AllocationMode
 from ..core.scheduler import MAX_REQUEUES, Assignment, ManagerState
 from ..core.states import Failure, Outcome, Verdict
 from ..errors import (
@@ -49,13 +51,23 @@ from ..errors import (
     TaskError,
     WorkerLost,
 )
+from ..observe.events import EVENTS_FILE, EventLog, resources
+from ..observe.status import (
+    FAILED_LIMIT,
+    STATUS_FILE,
+    STATUS_INTERVAL,
+    STATUS_SPACING,
+    StatusFile,
+    header,
+    snapshot,
+    worker_command,
+)
 from ..protocol import messages as m
 from ..protocol.pieces import MAX_TASK_DATA, PIECE_SIZE, too_large_to_send
 from ..resources import ZERO, Resources
 from . import ipc
 from .connections import HEARTBEAT_SLICES, Connections, WorkerConn
-from .outcomes import failure, measured_resources
-from .tasklog import TaskLog
+from .outcomes import error_summary, exception_summary, failure, measured_resources
 from .transfers import Transfers
 
 log = logging.getLogger("packmule.manager")
@@ -74,6 +86,13 @@ EVENTS_LOGGED_PER_S = 10
 #: Distinct requests, priorities and time limits shared between jobs, at most (then the
 #: sharing starts afresh: a stream of all-different requests must not grow it forever).
 SHARED_MAX = 10_000
+#: The loop's upkeep (event log flush, status file, the no-worker notice) runs at least
+#: this often (s).
+UPKEEP_STEP = 0.5
+#: A manager with queued tasks and no worker connected says so (once) after this long (s).
+NO_WORKER_NOTICE = 5.0
+#: Outcomes a category learns from (after which its allocation may change).
+_LEARNS = frozenset({Outcome.SUCCEEDED, Outcome.RAISED, Outcome.EXHAUSTED})
 #: The environment of tasks that set none (shared, never changed).
 _NO_ENV: dict[str, str] = {}
 #: What each status a worker reports means to the core's outcome policy.
@@ -132,18 +151,47 @@ class Loop:
         self.net = Connections(cfg.secret, cfg.host, cfg.port, cfg.heartbeat_interval)
         self.port = self.net.port
         self.transfers = Transfers()
-        self.tasklog = TaskLog(cfg.run_dir / "tasks.jsonl")
-        self._jobs: dict[int, ipc.Submit] = {}
+        host = cfg.public_host
+        self.address = f"[{host}]:{self.port}" if ":" in host and host[0] != "[" else \
+            f"{host}:{self.port}"
+        #: Unix time the loop started.
+        self.started = time.time()
+        #: The event log (None: ``observe=False``, or once it could not be written).
+        self.events: EventLog | None = None
+        self.status_file: StatusFile | None = None
+        if cfg.observe:
+            self.events = EventLog(cfg.run_dir / EVENTS_FILE, {
+                "packmule": __version__, "t": self.started, "address": self.address,
+                "host": socket.gethostname(), "pid": os.getpid(),
+                "run_dir": str(cfg.run_dir.resolve())})
+            self.status_file = StatusFile(cfg.run_dir / STATUS_FILE)
+            self._events_failed()
+        #: Making a snapshot failed (a bug): the status file is no longer rewritten while
+        #: the loop runs; its last write, when it stops, holds only the header.
+        self._snapshot_failed = False
+        #: The last failed tasks, as the status file lists them.
+        self.failures: collections.deque[dict[str, Any]] = collections.deque(
+            maxlen=FAILED_LIMIT)
+        #: Each category's allocation for its next tasks, as last written to the event log.
+        self._allocations: dict[str, Resources | None] = {}
+        #: The status file is due (something happened since it was last written) ...
+        self._status_dirty = True
+        #: ... and may be written from this time on (the loop's clock).
+        self._status_at = 0.0
+        self._no_worker_since: float | None = None
+        self._no_worker_said = False
+        self.jobs: dict[int, ipc.Submit] = {}
         #: What each dispatched task's Task gets when it finishes (attempts, worker...).
         self._attrs: dict[int, dict[str, Any]] = {}
         #: Tasks cancelled before their job arrived (it was still in the pack builder).
         self._cancelled_early: set[int] = set()
         #: One copy of each request, priority and time limit that jobs have in common.
         self._shared: dict[Any, Any] = {}
-        self._counters = collections.Counter[str]()
+        self.counters = collections.Counter[str]()
         self._largest = ZERO  # as last told to the Manager
         self._tally = _Tally()
         self._stopping = False
+        self._told_to_stop = False
 
     # ---------------------------------------------------------------- to the Manager
     def _tell(self, msg: ipc.Message) -> None:
@@ -171,12 +219,14 @@ class Loop:
         writing = False  # whether the poller waits for room to write to the Manager
         lease_step = self.cfg.heartbeat_interval / HEARTBEAT_SLICES
         next_lease = time.monotonic() + lease_step
+        next_upkeep = time.monotonic() + UPKEEP_STEP
         busy = False  # more to read, or to schedule, than one turn does
         crash: Exception | None = None
         try:
+            self._write_status(time.monotonic())
             while not self._stopping:
                 now = time.monotonic()
-                timer = min(net.wake_at(), next_lease)
+                timer = min(net.wake_at(), next_lease, next_upkeep)
                 timeout = 0 if busy else max(0, int((timer - now) * 1000))
                 if self.outbox.pending != writing:
                     writing = not writing
@@ -185,6 +235,8 @@ class Loop:
                 if writing:
                     self.outbox.flush()
                 now = time.monotonic()
+                if events or busy:
+                    self._status_dirty = True
                 if events.get(fd, 0) & zmq.POLLIN and not self._commands(now):
                     break
                 if net.monitor in events:  # first: a full monitor pipe holds up the I/O thread
@@ -203,7 +255,9 @@ class Loop:
                         for wid in core.expired(now, self.lease):
                             self._lose_worker(wid, now, f"no message for {self.lease:.0f} s "
                                                         "(lease expired)")
-                    self.tasklog.tick(now, idle=not events)
+                    if now >= next_upkeep:
+                        next_upkeep = now + UPKEEP_STEP
+                    self._upkeep(now, idle=not events)
                     self._tally.tick(now)
                 if core.changed:
                     self._schedule(now)
@@ -217,6 +271,85 @@ class Loop:
             self._stop(time.monotonic(), crash)
         return crash is not None
 
+    # ---------------------------------------------------------------- records
+    def _upkeep(self, now: float, idle: bool) -> None:
+        """Flush the event log (when idle, or a second after the last flush), rewrite the
+        status file when due, and say once if tasks wait with no worker connected."""
+        if self.events is not None:
+            self.events.tick(now, idle)
+            self._events_failed()
+        if self._status_dirty and now >= self._status_at:
+            self._write_status(now)
+        if not self._no_worker_said:
+            if self.core.workers or not self.jobs:
+                self._no_worker_since = None
+            elif self._no_worker_since is None:
+                self._no_worker_since = now
+            elif now - self._no_worker_since >= NO_WORKER_NOTICE:
+                self._no_worker_said = True
+                self._no_worker_warning(now - self._no_worker_since)
+
+    def _events_failed(self) -> None:
+        """After the event log failed to be written (said once by it), events are no longer
+        even formatted."""
+        if self.events is not None and self.events._failed:
+            self.events = None
+
+    def _no_worker_warning(self, waited: float) -> None:
+        command = worker_command(self.address, self.cfg.password_file)
+        log.warning("%d task(s) queued and no worker has connected to this manager at %s for "
+                    "%.0f s; start one on each node with: %s", len(self.jobs), self.address,
+                    waited, command)
+
+    def _write_status(self, now: float, state: str = "running") -> None:
+        """Rewrite the status file; the next rewrite waits :data:`STATUS_INTERVAL`, or
+        :data:`STATUS_SPACING` times what this one took if that is longer."""
+        self._status_dirty = False
+        running = state == "running"
+        if self.status_file is None or (running and self._snapshot_failed):
+            self._status_at = math.inf
+            return
+        start = time.monotonic()
+        snap: dict[str, Any] | None = None
+        if not self._snapshot_failed:
+            try:
+                snap = snapshot(self, state)
+            except Exception:
+                # Like the event log, the status file never stops the manager.
+                self._snapshot_failed = True
+                log.exception("cannot make the status file's snapshot (a bug in packmule: "
+                              "please report it with this log); the manager goes on without "
+                              "rewriting %s (said once)", self.status_file.path)
+        if snap is None:
+            if running:  # the last good one stays
+                self._status_at = math.inf
+                return
+            snap = header(self, state)  # the final state, at least
+        self.status_file.write(snap)
+        took = time.monotonic() - start
+        self._status_at = now + max(STATUS_INTERVAL, STATUS_SPACING * took)
+
+    def _category_changed(self, name: str, exhausted: bool) -> None:
+        """After a result of category ``name``: log its next tasks' allocation if it
+        changed (the category of the result just handled only: nothing is scanned)."""
+        ev = self.events
+        cat = self.core.categories.get(name)
+        if ev is None or cat is None or cat.mode is AllocationMode.FIXED:
+            return  # a FIXED category learns nothing
+        new = cat.current_allocation(self.core.largest_worker())
+        old = self._allocations.get(name)
+        if new == old:
+            return
+        self._allocations[name] = new
+        if exhausted:
+            why = "exhausted"
+        elif new is None:
+            why = "a new peak: learning again"
+        else:
+            why = f"learned from {cat.tasks_recorded} tasks"
+        ev.write("category_changed", category=name, old=resources(old), new=resources(new),
+                 why=why)
+
     # ---------------------------------------------------------------- from the Manager
     def _commands(self, now: float) -> bool:
         """Everything the Manager has sent: jobs, cancels, calls. False: stop."""
@@ -229,7 +362,12 @@ class Loop:
                     self._cancel(msg.task_id, now)
                 elif isinstance(msg, ipc.Call):
                     self._answer(msg)
+                elif isinstance(msg, ipc.PackBuilt):
+                    if self.events is not None:
+                        self.events.write("pack_built", pack=msg.digest, path=msg.path,
+                                          size=msg.size, seconds=round(msg.seconds, 3))
                 elif isinstance(msg, ipc.Stop):
+                    self._told_to_stop = True
                     return False
                 else:
                     raise ProtocolError(f"the Manager sent the loop a {type(msg).__name__}")
@@ -238,9 +376,13 @@ class Loop:
         return not self._stopping
 
     def _submit(self, job: ipc.Submit, now: float) -> None:
+        ev = self.events
         if job.id in self._cancelled_early:
             self._cancelled_early.discard(job.id)
-            self._counters["tasks_cancelled"] += 1
+            self.counters["tasks_cancelled"] += 1
+            if ev is not None:
+                ev.task_submitted(job.id, job.category, job.label, job.resources, job.priority)
+                ev.write("task_cancelled", task=job.id, why="user")
             return
         # Tasks of one kind share one copy of what they have in common (a million may wait).
         same = self._shared
@@ -252,13 +394,15 @@ class Loop:
             resources=same.setdefault(job.resources, job.resources),
             priority=same.setdefault(("priority", job.priority), job.priority),
             timeout=same.setdefault(("timeout", job.timeout), job.timeout))
-        self._jobs[job.id] = job
+        self.jobs[job.id] = job
         self.core.submit(job.id, job.resources, now, job.priority, job.max_retries,
                          job.category)
-        self._counters["tasks_submitted"] += 1
+        self.counters["tasks_submitted"] += 1
+        if ev is not None:
+            ev.task_submitted(job.id, job.category, job.label, job.resources, job.priority)
 
     def _cancel(self, tid: int, now: float) -> None:
-        job = self._jobs.pop(tid, None)
+        job = self.jobs.pop(tid, None)
         self._attrs.pop(tid, None)
         if job is None:
             self._cancelled_early.add(tid)  # its job may still be on its way
@@ -267,7 +411,9 @@ class Loop:
         self.core.forget(tid)
         if running is not None:
             self.net.send(running.worker, m.Kill(running.task_id, running.attempt))
-        self._counters["tasks_cancelled"] += 1
+        self.counters["tasks_cancelled"] += 1
+        if self.events is not None:
+            self.events.write("task_cancelled", task=tid, why="user")
 
     def _answer(self, call: ipc.Call) -> None:
         try:
@@ -278,6 +424,8 @@ class Loop:
             elif call.name == "configure_category":
                 self.core.configure_category(*call.args)
                 value = None
+            elif call.name == "status":
+                value = snapshot(self, brief=bool(call.args and call.args[0]))
             else:
                 raise ValueError(f"unknown call {call.name!r}; the calls are "
                                  f"{', '.join(sorted(ipc.CALLS))}")
@@ -288,7 +436,7 @@ class Loop:
 
     def _stats(self) -> ipc.ManagerStats:
         committed, total = self.core.totals()
-        c = self._counters
+        c = self.counters
         counts = self.core.counts()
         return ipc.ManagerStats(
             workers=len(self.core.workers),
@@ -372,7 +520,7 @@ class Loop:
             conn = self.net.workers[wid]
             self.transfers.pack_state(wid, conn.hostname, msg)
         elif isinstance(msg, m.Goodbye):
-            self._lose_worker(wid, now, f"worker left: {msg.reason}")
+            self._lose_worker(wid, now, f"worker left: {msg.reason}", lost=False)
         else:
             log.warning("worker %s sent a %s, which workers do not send; disconnecting it",
                         wid, type(msg).__name__)
@@ -414,25 +562,43 @@ class Loop:
             log.error("refused worker %s: %s", msg.hostname, reason)
             self.net.reject(identity, reason)
             return
-        self.net.add(wid, WorkerConn(identity, msg.hostname, msg.pid, size))
+        joined = time.time()
+        self.net.add(wid, WorkerConn(identity, msg.hostname, msg.pid, size, joined=joined))
         self.transfers.joined(wid, msg.packs)
         self.core.add_worker(wid, size, now)
         self._largest_changed()
-        self._counters["workers_joined"] += 1
+        self.counters["workers_joined"] += 1
+        if self.events is not None or self.cfg.report_joins:
+            event = {"t": joined, "event": "worker_joined", "worker": wid,
+                     "host": msg.hostname, "pid": msg.pid, "block": msg.block,
+                     "resources": resources(size)}
+            if self.events is not None:
+                self.events.record(event)
+            if self.cfg.report_joins:
+                self._tell(ipc.WorkerJoined(event))
         if self._tally.allow(now, "joined"):
             log.info("worker %s joined from %s (pid %d) with %s", wid, msg.hostname, msg.pid,
                      size)
         self.net.send(wid, m.Welcome(m.PROTOCOL_VERSION, __version__,
                                      self.cfg.heartbeat_interval, self.lease))
 
-    def _lose_worker(self, wid: str, now: float, why: str) -> None:
+    def _lose_worker(self, wid: str, now: float, why: str, lost: bool = True) -> None:
+        """The worker is gone: ``lost`` (this manager gave up on it) or not (it left)."""
         conn = self.net.remove(wid)
         if conn is None:
             return
         self.transfers.forget(wid)
-        self._counters["workers_lost"] += 1
+        self.counters["workers_lost"] += 1
         outcomes = self.core.remove_worker(wid, now, why)
         self._largest_changed()
+        ev = self.events
+        if ev is not None:
+            ev.write("worker_left", worker=wid, host=conn.hostname, why=why, lost=lost,
+                     requeued=sum(v is Verdict.REQUEUED for _, v in outcomes))
+            for tid, _ in outcomes:
+                t = self.core.tasks.get(tid)
+                ev.write("task_lost", task=tid, attempt=t.attempt if t else 0, worker=wid,
+                         why=why)
         if outcomes or self._tally.allow(now, "gone"):
             log.log(logging.WARNING if outcomes else logging.INFO,
                     "worker %s (%s pid %d) gone: %s; %d task(s) back in the queue",
@@ -452,7 +618,7 @@ class Loop:
         core = self.core
         outcome = _OUTCOMES[r.status]
         why = r.message
-        job = self._jobs.get(r.task_id)
+        job = self.jobs.get(r.task_id)
         written: FileTransferError | None = None
         if (outcome is Outcome.SUCCEEDED and job is not None and job.output_files
                 and core.current(r.task_id, r.attempt, wid)):
@@ -467,10 +633,25 @@ class Loop:
             log.debug("discarded a stale result of task %d attempt %d", r.task_id, r.attempt)
             return
         conn = self.net.workers.get(wid)
-        if r.status is not S.FORSAKEN and r.status is not S.PACK_ERROR:
-            self._log_attempt(wid, r, job, conn)
-            if r.messages and self.cfg.forward_messages:
-                self._tell(ipc.Messages(r.messages))
+        ev = self.events
+        if ev is not None:
+            ev.attempt_finished(r.task_id, r.attempt, wid, r.status.value, r.wall_time,
+                                r.measured, r.exceeded, r.exit_code)
+            if verdict is Verdict.RETRY or verdict is Verdict.REQUEUED:
+                if verdict is Verdict.REQUEUED:
+                    ev.write("task_retried", task=r.task_id, attempt=r.attempt + 1,
+                             why="requeued")
+                elif r.status is S.EXHAUSTED:
+                    ev.write("task_retried", task=r.task_id, attempt=r.attempt + 1,
+                             why="exhausted", exceeded=list(r.exceeded))
+                else:
+                    ev.write("task_retried", task=r.task_id, attempt=r.attempt + 1,
+                             why="failed")
+            if job is not None and outcome in _LEARNS:
+                self._category_changed(job.category, r.status is S.EXHAUSTED)
+        if (r.messages and self.cfg.forward_messages and r.status is not S.FORSAKEN
+                and r.status is not S.PACK_ERROR):
+            self._tell(ipc.Messages(r.messages))
         if job is None:
             return
         if verdict is Verdict.REQUEUED:
@@ -523,14 +704,33 @@ class Loop:
     def _finish_error(self, tid: int, exc: BaseException) -> None:
         self._deliver(tid, False, "error", exc)
 
-    def _deliver(self, tid: int, ok: bool, kind: str, data: Any) -> None:
-        """Send a finished task's outcome to the Manager."""
-        job = self._jobs.pop(tid, None)
+    def _deliver(self, tid: int, ok: bool, kind: str, data: Any,
+                 cancelled: bool = False) -> None:
+        """Send a finished task's outcome to the Manager (``cancelled``: by the shutdown)."""
+        job = self.jobs.pop(tid, None)
         attrs = self._attrs.pop(tid, {})
+        t = self.core.tasks.get(tid)
+        attempts = t.attempt if t is not None else attrs.get("attempts", 0)
         self.core.forget(tid)
         if job is None:
             return
-        self._counters["tasks_succeeded" if ok else "tasks_failed"] += 1
+        ev = self.events
+        if cancelled:
+            self.counters["tasks_cancelled"] += 1
+            if ev is not None:
+                ev.write("task_cancelled", task=tid, why="shutdown")
+        elif ok:
+            self.counters["tasks_succeeded"] += 1
+            if ev is not None:
+                ev.task_done(tid, True, attempts)
+        else:
+            self.counters["tasks_failed"] += 1
+            error, message = (exception_summary(data) if kind == "exception"
+                              else error_summary(data))
+            self.failures.append({"task": tid, "category": job.category, "label": job.label,
+                                  "attempts": attempts, "error": error, "message": message})
+            if ev is not None:
+                ev.task_done(tid, False, attempts, error, message)
         if kind == "error":
             try:
                 pickle.dumps(data)
@@ -538,23 +738,11 @@ class Loop:
                 data = TaskError(f"{type(data).__name__}: {data}", tid)
         self._tell(ipc.Done(tid, ok, kind, data, attrs))
 
-    def _log_attempt(self, wid: str, r: m.TaskResult, job: ipc.Submit | None,
-                     conn: WorkerConn | None) -> None:
-        allocation = self._attrs.get(r.task_id, {}).get("allocation")
-        self.tasklog.write({
-            "task": r.task_id, "attempt": r.attempt, "status": r.status.value,
-            "category": job.category if job else None,
-            "requested": job.resources.as_dict() if job else None,
-            "allocated": allocation.as_dict() if allocation is not None else None,
-            "measured": r.measured, "exceeded": r.exceeded,
-            "worker": wid, "host": conn.hostname if conn else None, "time": time.time(),
-        })
-
     # ---------------------------------------------------------------- dispatch
     def _schedule(self, now: float) -> None:
         assignments = self.core.schedule(now, limit=SCHEDULE_LIMIT)
         for note in self.core.take_notices():
-            job = self._jobs.get(note.task_id)
+            job = self.jobs.get(note.task_id)
             log.warning(
                 "%s (%s) need%s %s but the largest connected worker has %s; %s until a worker "
                 "that large connects",
@@ -564,6 +752,11 @@ class Loop:
                 note.request, note.largest, "it waits" if note.waiting == 1 else "they wait")
         if not assignments:
             return
+        ev = self.events
+        if ev is not None:
+            for a in assignments:
+                ev.attempt_dispatched(a.task_id, a.attempt, a.worker, a.allocation,
+                                      a.prefetched)
         by_worker: dict[str, list[m.TaskSpec]] = collections.defaultdict(list)
         large: list[tuple[str, list[m.TaskSpec]]] = []  # each in a Dispatch of its own
         for a in assignments:
@@ -571,7 +764,7 @@ class Loop:
                 continue  # lost during this pass: the core has requeued the task
             made = self._spec(a, now)
             if a.prefetched:
-                self._counters["tasks_prefetched"] += 1
+                self.counters["tasks_prefetched"] += 1
             if made is not None:
                 spec, size = made
                 if size > PIECE_SIZE:
@@ -592,7 +785,7 @@ class Loop:
     def _spec(self, a: Assignment, now: float) -> tuple[m.TaskSpec, int] | None:
         """The task as sent to its worker, and the bytes of its call and input files in it;
         None: it failed (or its worker is gone)."""
-        job = self._jobs[a.task_id]
+        job = self.jobs[a.task_id]
         self._attrs.setdefault(a.task_id, {}).update(allocation=a.allocation,
                                                      start_time=time.time())
         identity = self.net.workers[a.worker].identity
@@ -603,6 +796,9 @@ class Loop:
                 if not self.transfers.send_pack(a.worker, pack, send):
                     self._lose_worker(a.worker, now, "connection closed")
                     return None  # its tasks were requeued
+                if self.events is not None:
+                    self.events.write("pack_sent", pack=pack.digest, worker=a.worker,
+                                      size=pack.size)
             except OSError as exc:
                 why = (f"cannot send the environment pack {pack.path} of task {a.task_id}: "
                        f"{exc}. Delete it (and its .json) from the pack cache to have it rebuilt")
@@ -661,11 +857,10 @@ class Loop:
         if self.cfg.shutdown_workers:
             for wid in list(net.workers):  # (at once: not behind a transfer in pieces)
                 net.send(wid, m.Exit("the manager is shutting down"), urgent=True)
-        for tid in list(self._jobs) if crash is None else ():
+        for tid in list(self.jobs) if crash is None else ():
             self.core.cancel(tid, now)
-            self._finish_error(
-                tid, TaskCancelled(f"task {tid} did not finish before the manager shut down", tid)
-            )
+            self._deliver(tid, False, "error", TaskCancelled(
+                f"task {tid} did not finish before the manager shut down", tid), cancelled=True)
         if self.cfg.shutdown_workers and crash is None:
             deadline = time.monotonic() + STOP_GRACE
             while time.monotonic() < deadline:  # workers connecting now are told to exit
@@ -674,8 +869,19 @@ class Loop:
                 net.answer_zap()
                 self._receive(time.monotonic())
         self._tally.flush()
+        if self.events is not None:  # the workers still connected: let go, not lost
+            for wid, conn in net.workers.items():
+                self.events.write("worker_left", worker=wid, host=conn.hostname,
+                                  why="manager stopped", lost=False, requeued=0)
         net.close(linger=STOP_LINGER)
-        self.tasklog.close()
+        if self.events is not None:
+            why = "crashed" if crash is not None else (
+                "shutdown" if self._told_to_stop else "disconnected")
+            self.events.write("manager_stopped", why=why,
+                              tasks=self.counters["tasks_submitted"],
+                              failed=self.counters["tasks_failed"])
+            self.events.close()
+        self._write_status(time.monotonic(), "stopped" if crash is None else "crashed")
         self._tell(ipc.Stopped("" if crash is None else f"{type(crash).__name__}: {crash}"))
 
 

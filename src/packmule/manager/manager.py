@@ -14,6 +14,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import errno
+import ipaddress
 import itertools
 import logging
 import os
@@ -21,7 +22,6 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -44,6 +44,9 @@ from ..errors import (
     TaskCancelled,
     TaskError,
 )
+from ..observe.events import EVENTS_FILE
+from ..observe.rundir import RUNS_ENV, new_run_dir, point_latest, remove_run_dir, runs_base
+from ..observe.status import STATUS_FILE
 from ..protocol.security import load_secret, write_new_password_file
 from ..resources import Resources
 from ..serialize import loads, loads_exception
@@ -71,6 +74,12 @@ CRASH_WAIT = 0.5
 
 __all__ = ["HEARTBEAT_INTERVAL", "LEASE", "Manager", "ManagerStats"]
 
+#: What a Manager writes in its run directory (removed again if its constructor fails).
+_RUN_FILES = ("password", ipc.LOOP_LOG, ipc.LOOP_CRASH, EVENTS_FILE, STATUS_FILE)
+#: Hosts that mean "listen on every interface": :attr:`Manager.address` then gives a
+#: name (or address) that workers on other nodes can use instead.
+_ALL_INTERFACES = frozenset({"0.0.0.0", "*", "", "::", "[::]"})
+
 
 class Manager:
     """Queue tasks and run them on ``packmule worker`` daemons.
@@ -79,14 +88,24 @@ class Manager:
     ``password_file``, else ``$PACKMULE_PASSWORD``; with neither, a fresh one
     is written to ``<run_dir>/password`` (mode 0600) for workers to use
     (:attr:`password_file`). ``host`` is the interface to listen on:
-    loopback by default, ``"0.0.0.0"`` to accept workers on other machines.
+    loopback by default, ``"0.0.0.0"`` to accept workers on other machines
+    (:attr:`address` then names this machine as they can reach it).
+    ``run_dir`` (default: a new ``./packmule-runs/NNN-YYYYMMDD-HHMMSS/``, or
+    under ``$PACKMULE_RUNS_DIR``, with a ``latest`` link next to it) holds the
+    password file, the event log ``events.jsonl`` (:attr:`events_path`), the
+    status file ``status.json`` (:attr:`status_path`; :meth:`status` makes it fresh,
+    ``status(brief=True)`` only its counts, cheap to ask often), the
+    loop's own log ``manager.log`` (:attr:`loop_log`) and the traceback of a
+    fatal signal that kills it, ``manager.crash`` (docs/observability.md).
+    ``observe=False`` writes neither the event log nor the status file. A
+    Manager whose constructor fails removes the run directory it made.
     ``message_sink`` receives the monitoring messages tasks leave in
     ``$PACKMULE_RADIO_DIR`` (the Parsl executor's monitoring radio).
+    ``on_worker_joined`` is called (on the thread that resolves futures) with
+    each worker's ``worker_joined`` event as it joins.
     ``default_category`` is the allocation policy of categories not
     configured with :meth:`configure_category` (default: FIXED, nothing
-    learned). Every finished attempt is logged to ``run_dir/tasks.jsonl``, and
-    the loop's own log goes to ``run_dir/manager.log`` (:attr:`loop_log`); the
-    traceback of a fatal signal that kills it, to ``run_dir/manager.crash``.
+    learned).
     Its own errors derive from :class:`~packmule.errors.ManagerError`: it cannot
     start (:class:`~packmule.errors.ManagerStartError`, an ``OSError``), it was
     shut down (``ManagerClosed``), or its loop process died (``ManagerCrashed``,
@@ -112,20 +131,73 @@ class Manager:
         default_category: CategoryConfig | None = None,
         prefetch: bool = True,
         pack_cache: str | os.PathLike[str] | None = None,
+        observe: bool = True,
+        on_worker_joined: Callable[[dict[str, Any]], None] | None = None,
     ) -> None:
         if heartbeat_interval <= 0 or lease < 2 * heartbeat_interval:
             raise ValueError(
                 f"need heartbeat_interval > 0 and lease >= 2 x interval, got "
                 f"{heartbeat_interval} and {lease}"
             )
+        # What this constructor made, removed again if it fails.
+        made: Path | None = None
+        made_base: Path | None = None
+        there: set[str] = set()  # what a run_dir= that existed held before
+        base = runs_base()
         try:
-            self.run_dir = (Path(run_dir) if run_dir
-                            else Path(tempfile.mkdtemp(prefix="packmule-")))
-            self.run_dir.mkdir(parents=True, exist_ok=True)
+            if run_dir:
+                self.run_dir = Path(run_dir)
+                if self.run_dir.is_dir():
+                    there = set(os.listdir(self.run_dir))
+                else:
+                    made = self.run_dir
+                self.run_dir.mkdir(parents=True, exist_ok=True)
+            else:
+                if not base.exists():
+                    made_base = base
+                self.run_dir = made = new_run_dir(base).absolute()
         except OSError as exc:
+            if made_base is not None:
+                remove_run_dir(made_base)
+            where = run_dir or f"under {base} (${RUNS_ENV} or ./packmule-runs)"
             raise ManagerStartError(
-                exc.errno, f"cannot create the manager's run directory {run_dir or '(temp)'}: "
+                exc.errno, f"cannot create the manager's run directory {where}: "
                 f"{exc.strerror or exc}; pass run_dir= a directory this user can write") from exc
+        try:
+            self._start(port, password_file, host, heartbeat_interval, lease,
+                        shutdown_workers, validate, message_sink, default_category, prefetch,
+                        pack_cache, observe, on_worker_joined)
+        except BaseException:
+            proc = getattr(self, "_proc", None)
+            if proc is not None and proc.poll() is None:  # (interrupted while it started)
+                proc.kill()
+                proc.wait()
+            if made is not None:
+                remove_run_dir(made, made_base)
+            else:  # the user's directory: only what this constructor wrote there goes
+                for name in set(_RUN_FILES) - there:
+                    with contextlib.suppress(OSError):
+                        (self.run_dir / name).unlink()
+            raise
+        if not run_dir:
+            try:
+                point_latest(self.run_dir)
+            except OSError as exc:
+                log.warning("cannot point %s at %s: %s", self.run_dir.parent / "latest",
+                            self.run_dir, exc)
+        log.info("manager listening on %s%s (run dir %s)", self.address,
+                 f" (all interfaces, {host or '*'})" if host in _ALL_INTERFACES else "",
+                 self.run_dir)
+
+    def _start(
+        self, port: int, password_file: str | os.PathLike[str] | None, host: str,
+        heartbeat_interval: float, lease: float, shutdown_workers: bool, validate: bool,
+        message_sink: Callable[[list[bytes]], None] | None,
+        default_category: CategoryConfig | None, prefetch: bool,
+        pack_cache: str | os.PathLike[str] | None, observe: bool,
+        on_worker_joined: Callable[[dict[str, Any]], None] | None,
+    ) -> None:
+        """The constructor's part after the run directory: the secret, and the loop."""
         secret = load_secret(password_file)  # AuthenticationError: unreadable or empty
         if secret is None:
             password_file = self.run_dir / "password"
@@ -142,9 +214,10 @@ class Manager:
         self.heartbeat_interval = heartbeat_interval
         self.lease = lease
         self.message_sink = message_sink
+        self.on_worker_joined = on_worker_joined
         self.pack_cache = Path(pack_cache) if pack_cache is not None else None
-        #: One JSON object per finished attempt: what it asked for, got and used.
-        self.task_log = self.run_dir / "tasks.jsonl"
+        self.observe = observe
+        self._public_host = public_host(host)
         #: Element-wise largest connected worker (updated as workers come and go).
         self.largest_worker: Resources = Resources(0, 0, 0, 0)
         self._packer: PackBuilder | None = None
@@ -173,12 +246,15 @@ class Manager:
         theirs.close()
         self._conn = Connection(ours.detach())
         self._conn.send(ipc.Config(
-            host=host, port=port, secret=secret, run_dir=self.run_dir,
+            host=host or "0.0.0.0", port=port, secret=secret, run_dir=self.run_dir,
             heartbeat_interval=heartbeat_interval, lease=lease,
             shutdown_workers=shutdown_workers, validate=validate,
             default_category=default_category, prefetch=prefetch,
             log_level=log.getEffectiveLevel(),
             forward_messages=message_sink is not None,
+            observe=observe, public_host=self._public_host,
+            password_file=str(self.password_file) if self.password_file else None,
+            report_joins=on_worker_joined is not None,
         ))
         started = self._first_reply()
         if isinstance(started, ipc.StartFailed):
@@ -191,7 +267,6 @@ class Manager:
         self._reader = threading.Thread(target=self._read_loop, name="packmule-results",
                                         daemon=True)
         self._reader.start()
-        log.info("manager listening on %s:%d (run dir %s)", host, self.port, self.run_dir)
 
     def _first_reply(self) -> ipc.Ready | ipc.StartFailed:
         """The loop's ``Ready`` (or why it could not start); its log records are passed on."""
@@ -231,9 +306,43 @@ class Manager:
 
     @property
     def address(self) -> str:
-        """``host:port`` for ``packmule worker``."""
-        host = "127.0.0.1" if self.host in ("0.0.0.0", "*") else self.host
+        """``host:port`` for ``packmule worker``. Listening on every interface (``host``
+        ``"0.0.0.0"``), this machine's name as other nodes can reach it: its fully
+        qualified name or host name when that does not resolve to loopback only, else the
+        address of an interface that is not loopback."""
+        host = self._public_host
+        if ":" in host and not host.startswith("["):
+            host = f"[{host}]"
         return f"{host}:{self.port}"
+
+    @property
+    def events_path(self) -> Path:
+        """The event log, ``run_dir/events.jsonl`` (docs/observability.md)."""
+        return self.run_dir / EVENTS_FILE
+
+    @property
+    def status_path(self) -> Path:
+        """The status file, ``run_dir/status.json``, rewritten about once a second."""
+        return self.run_dir / STATUS_FILE
+
+    def status(self, brief: bool = False) -> dict[str, Any]:
+        """What the manager is doing now: the same as ``status.json`` holds, made fresh
+        (tasks, categories, workers, unfinished tasks with why they wait, failures).
+
+        ``brief=True`` leaves out the lists (``workers``, ``waiting_reasons``,
+        ``unfinished``, ``failed`` and their ``_omitted`` counts) and keeps the counts:
+        the tasks, the resources and the categories. Its cost does not grow with the
+        workers nor the waiting tasks (only with the categories), so it may be asked
+        often, as :meth:`progress` does twice a second."""
+        status: dict[str, Any] = self._call("status", brief)
+        return status
+
+    def progress(self, futures: Iterable[Future[Any]] | None = None, **kw: Any) -> None:
+        """Progress bars, a line per category (see :func:`packmule.progress`): of this
+        manager's tasks, or of ``futures``."""
+        from ..observe.progress import progress
+
+        return progress(self if futures is None else futures, **kw)
 
     def submit(self, task: Task) -> Future[Any]:
         """Queue a task; returns its future (also at ``task.future``).
@@ -269,7 +378,8 @@ class Manager:
             self._unfinished[task.id] = task
         if task.pack_functions:
             if self._packer is None:
-                self._packer = PackBuilder(self.pack_cache, self._pack_ready, self._pack_failed)
+                self._packer = PackBuilder(self.pack_cache, self._pack_ready, self._pack_failed,
+                                           self._pack_built)
             self._packer.submit(task, payload)
         else:
             self._queue(task, payload)
@@ -292,6 +402,10 @@ class Manager:
         if task.future is not None and task.future.done():
             return  # cancelled while its pack was being built, or the manager stopped
         self._queue(task, payload)
+
+    def _pack_built(self, pack: Pack, seconds: float) -> None:
+        """(Pack thread) a pack was found or built: for the event log."""
+        self._send(ipc.PackBuilt(pack.digest, str(pack.path), pack.size, seconds))
 
     def _pack_failed(self, task: Task, exc: BaseException) -> None:
         """(Pack thread) the task's pack cannot be built: the task fails with why."""
@@ -447,6 +561,12 @@ class Manager:
                 fut.set_exception(msg.value)
         elif isinstance(msg, ipc.Largest):
             self.largest_worker = msg.resources
+        elif isinstance(msg, ipc.WorkerJoined):
+            if self.on_worker_joined is not None:
+                try:
+                    self.on_worker_joined(msg.event)
+                except Exception:
+                    log.exception("the manager's on_worker_joined callback failed")
         elif isinstance(msg, ipc.Log):
             self._relog(msg)
         elif isinstance(msg, ipc.Stopped):
@@ -604,3 +724,63 @@ def _ending(code: int | None) -> str:
     if code == ipc.EXIT_CRASHED:
         return f"an internal error (exit code {code})"
     return f"exit code {code}"
+
+
+def public_host(host: str) -> str:
+    """The host workers are told to connect to: ``host`` itself, or, for every interface,
+    this machine's fully qualified name or host name when it resolves to something other
+    than loopback, else the address of an interface that is not loopback (never
+    127.0.0.1, unless this machine has nothing else)."""
+    if host not in _ALL_INTERFACES:
+        return host
+    names = []
+    with contextlib.suppress(OSError):
+        names.append(socket.getfqdn())
+    with contextlib.suppress(OSError):
+        names.append(socket.gethostname())
+    for name in names:
+        if name and _reachable_name(name):
+            return name
+    address = _interface_address()
+    if address is not None:
+        return address
+    return next((n for n in names if n), "127.0.0.1")
+
+
+def _reachable_name(name: str) -> bool:
+    """Whether ``name`` resolves here to some address that is not loopback."""
+    try:
+        infos = socket.getaddrinfo(name, None)
+    except (OSError, UnicodeError):
+        return False
+    for info in infos:
+        try:
+            address = ipaddress.ip_address(str(info[4][0]).split("%")[0])
+        except ValueError:
+            continue
+        if not address.is_loopback and not address.is_link_local:
+            return True
+    return False
+
+
+def _interface_address() -> str | None:
+    """The first IPv4 (else IPv6) address of an interface that is not loopback."""
+    import psutil  # (only when listening on every interface)
+
+    found: list[ipaddress.IPv4Address | ipaddress.IPv6Address] = []
+    try:
+        interfaces = psutil.net_if_addrs()
+    except Exception:
+        return None
+    for addrs in interfaces.values():
+        for a in addrs:
+            if a.family not in (socket.AF_INET, socket.AF_INET6):
+                continue
+            try:
+                address = ipaddress.ip_address(str(a.address).split("%")[0])
+            except ValueError:
+                continue
+            if not (address.is_loopback or address.is_link_local or address.is_unspecified):
+                found.append(address)
+    found.sort(key=lambda a: a.version)
+    return str(found[0]) if found else None

@@ -4,6 +4,7 @@ reports, and the packmule error that explains a failure."""
 from __future__ import annotations
 
 import math
+import pickletools
 
 from ..errors import FileTransferError, ResourceExhausted, TaskCrashed, TaskError, TaskTimeout
 from ..protocol import messages as m
@@ -52,3 +53,41 @@ def failure(job: Submit, r: m.TaskResult, allocation: Resources | None) -> BaseE
     if r.status is S.SETUP_ERROR:
         return FileTransferError(f"task {tid}: {r.message}", tid)
     return TaskError(f"task {tid} failed: {r.message}", tid)
+
+
+#: A pickled exception longer than this is not looked into for its type and message.
+_SUMMARY_LIMIT = 1 << 20
+
+
+def error_summary(exc: BaseException) -> tuple[str, str]:
+    """An error's type name and the first line of its message (for the event log)."""
+    text = str(exc)
+    return type(exc).__name__, text.splitlines()[0] if text else ""
+
+
+def exception_summary(data: bytes) -> tuple[str, str]:
+    """The type name and the first line of the message of a task's exception, as the
+    worker pickled it (``(exception, formatted traceback)``), read from the traceback's
+    text without unpickling anything (the loop never unpickles what workers send)."""
+    text = None
+    if len(data) <= _SUMMARY_LIMIT:
+        try:
+            for op, arg, _ in pickletools.genops(data):
+                if isinstance(arg, str) and op.name.endswith("UNICODE"):
+                    text = arg  # the traceback is the last string
+        except Exception:  # not a pickle this reads: say what is known
+            text = None
+    if text is None:
+        return "Exception", ""
+    # After the last traceback header, the frames are indented; the first line that is
+    # not is "Type: first line of the message".
+    lines = text.splitlines()
+    start = 0
+    for i, line in enumerate(lines):
+        if line.startswith("Traceback (most recent call last)"):
+            start = i + 1
+    for line in lines[start:]:
+        if line and not line[0].isspace():
+            kind, _, message = line.partition(": ")
+            return kind.rsplit(".", 1)[-1] or "Exception", message
+    return "Exception", ""

@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,8 @@ log = logging.getLogger("packmule.manager")
 
 Ready = Callable[[Task, bytes, Pack], None]
 Failed = Callable[[Task, BaseException], None]
+#: Told of each pack this builder found or built, with the seconds that took.
+Built = Callable[[Pack, float], None]
 
 
 def _key(funcs: Sequence[Callable[..., Any]], extra: Sequence[str]) -> tuple[object, ...]:
@@ -33,12 +36,15 @@ class PackBuilder:
     """One background thread: finds each task's pack (analysis cached per
     function, packs cached on disk by digest) and hands the task on."""
 
-    def __init__(self, cache_dir: Path | None, ready: Ready, failed: Failed) -> None:
+    def __init__(self, cache_dir: Path | None, ready: Ready, failed: Failed,
+                 built: Built | None = None) -> None:
         self.cache_dir = cache_dir
-        self._ready, self._failed = ready, failed
+        self._ready, self._failed, self._built = ready, failed, built
         self._inbox: queue.SimpleQueue[tuple[Task, bytes] | None] = queue.SimpleQueue()
         #: (functions, extra_pkgs) -> the pack, or the error building it gave.
         self._packs: dict[tuple[object, ...], Pack | PackError] = {}
+        #: Digests of the packs already told to ``built``.
+        self._announced: set[str] = set()
         self._closing = False
         self._thread = threading.Thread(target=self._run, name="packmule-packs", daemon=True)
         self._thread.start()
@@ -74,11 +80,16 @@ class PackBuilder:
         got = self._packs.get(key)
         if got is None:
             try:
+                start = time.monotonic()
                 spec = analyze(funcs, extra)
                 got = build_pack(spec, self.cache_dir)
-                log.info("environment pack %s ready: %s (%.0f MB)", got.digest[:12],
+                # (a build says so at INFO, with the cache's path: envpack.build)
+                log.debug("environment pack %s ready: %s (%.0f MB)", got.digest[:12],
                          ", ".join(f"{n} {v}" for n, v in spec.distributions.items()),
                          got.size / 1e6)
+                if self._built is not None and got.digest not in self._announced:
+                    self._announced.add(got.digest)
+                    self._built(got, time.monotonic() - start)
             except PackError as exc:
                 got = exc
             except OSError as exc:  # perhaps passing (a full disk): not remembered

@@ -62,6 +62,8 @@ class _Worker:
     files: set[str] = field(default_factory=set)
     #: Digests of the environment packs it has (or is being sent, or cannot use).
     packs: set[str] = field(default_factory=set)
+    #: Of those, the ones it has said are ready (or unusable): not still on their way.
+    settled: set[str] = field(default_factory=set)
     sending: dict[str, _Sending] = field(default_factory=dict)
 
 
@@ -75,7 +77,7 @@ class Transfers:
 
     def joined(self, wid: str, packs: list[str]) -> None:
         """A worker connected, with these packs in its cache."""
-        self._workers[wid] = _Worker(packs=set(packs))
+        self._workers[wid] = _Worker(packs=set(packs), settled=set(packs))
 
     def forget(self, wid: str) -> None:
         self._workers.pop(wid, None)
@@ -83,6 +85,11 @@ class Transfers:
     # ---------------------------------------------------------------- packs
     def needs_pack(self, wid: str, pack: Pack) -> bool:
         return pack.digest not in self._workers[wid].packs
+
+    def pack_pending(self, wid: str, digest: str) -> bool:
+        """Whether the worker is still being sent (or unpacking) this pack."""
+        w = self._workers.get(wid)
+        return w is not None and digest in w.packs and digest not in w.settled
 
     def send_pack(self, wid: str, pack: Pack, send: SendFrames) -> bool:
         """Start sending a pack to a worker (once), mapped from its file so that no copy
@@ -97,6 +104,7 @@ class Transfers:
         sending = _Sending(next(self._ids), pack, memoryview(data))
         w.sending[pack.digest] = sending
         w.packs.add(pack.digest)
+        w.settled.discard(pack.digest)
         self.counts["packs_sent"] += 1
         return self.progress(wid, m.PackProgress(pack.digest, sending.id, 0), send)
 
@@ -130,8 +138,10 @@ class Transfers:
         w.sending.pop(msg.digest, None)
         if msg.ok or not msg.resend:  # a pack it cannot use: its tasks fail there
             w.packs.add(msg.digest)
+            w.settled.add(msg.digest)
         else:
             w.packs.discard(msg.digest)
+            w.settled.discard(msg.digest)
         if not msg.ok:
             log.warning("worker %s (%s) cannot use pack %s: %s", wid, hostname,
                         msg.digest[:12], msg.message)

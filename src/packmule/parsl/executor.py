@@ -8,6 +8,7 @@ Parsl provider; tasks are packed onto them by their resource specification.
 from __future__ import annotations
 
 import collections
+import datetime
 import functools
 import logging
 import os
@@ -15,6 +16,7 @@ import pickle
 import shlex
 import sys
 import threading
+import time
 import weakref
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
@@ -27,6 +29,7 @@ from parsl.data_provider.files import File as ParslFile
 from parsl.data_provider.staging import Staging
 from parsl.executors.errors import ExecutorError
 from parsl.executors.status_handling import BlockProviderExecutor
+from parsl.monitoring.message_type import MessageType
 from parsl.monitoring.radios.base import RadioConfig
 from parsl.providers import LocalProvider
 from parsl.providers.base import ExecutionProvider
@@ -96,6 +99,46 @@ def _staged_path(f: ParslFile) -> str | None:
     if not path or os.path.isabs(path):
         return None  # absolute paths are taken to be on a shared filesystem
     return os.path.normpath(path)
+
+
+class _ToParslLog(logging.Handler):
+    """Passes packmule's warnings and errors to the handlers of Parsl's logger (parsl.log).
+
+    One handler for all executors, attached to the ``packmule`` logger while at
+    least one runs, so that two executors do not write each record twice. A
+    handler that the record reaches anyway (one on ``packmule`` or above, such
+    as the root logger's) is skipped.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.users = 0
+        self.lock_users = threading.Lock()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        reached: set[logging.Handler] = set()
+        logger: logging.Logger | None = logging.getLogger(record.name)
+        while logger is not None:
+            reached.update(logger.handlers)
+            logger = logger.parent if logger.propagate else None
+        for handler in logging.getLogger("parsl").handlers:
+            if handler not in reached and record.levelno >= handler.level:
+                handler.handle(record)
+
+    def attach(self) -> None:
+        with self.lock_users:
+            self.users += 1
+            if self.users == 1:
+                logging.getLogger("packmule").addHandler(self)
+
+    def detach(self) -> None:
+        with self.lock_users:
+            self.users -= 1
+            if self.users == 0:
+                logging.getLogger("packmule").removeHandler(self)
+
+
+_TO_PARSL_LOG = _ToParslLog()
 
 
 def _annotate(task: PythonTask, fut: Future[Any]) -> None:
@@ -204,6 +247,7 @@ class WorkQueueExecutor(BlockProviderExecutor, RepresentationMixin):
         self._outstanding_lock = threading.Lock()
         self._functions = _PickledFunctions()
         self._outstanding_cores: dict[int, int] = {}
+        self._logging_to_parsl = False
 
     # ------------------------------------------------------------ lifecycle
     def start(self) -> None:
@@ -235,20 +279,55 @@ class WorkQueueExecutor(BlockProviderExecutor, RepresentationMixin):
         host = "127.0.0.1" if self.address in _LOOPBACK else "0.0.0.0"
         receiver = self.monitoring_receiver
         sink = receiver.deliver if isinstance(receiver, PackmuleRadioReceiver) else None
+        joined = self._worker_joined if self.submit_monitoring_radio is not None else None
+        _TO_PARSL_LOG.attach()  # before the manager starts: its first warnings count too
+        self._logging_to_parsl = True
         try:
             self.manager = Manager(port=self.port, password_file=self._password_file, host=host,
                                    run_dir=exec_dir, message_sink=sink,
-                                   default_category=self._categories)
+                                   default_category=self._categories,
+                                   on_worker_joined=joined)
         except (OSError, PackmuleError) as exc:  # ManagerStartError, ManagerTimeout, password
+            self._stop_logging_to_parsl()
             raise ExecutorError(self, str(exc)) from exc
         self.port = self.manager.port
         log.info("%s: packmule manager on %s:%d", self.label, self.address, self.port)
 
     def shutdown(self) -> None:
         """Stop the manager (its workers exit); Parsl cancels the blocks."""
-        if self.manager is not None:
-            self.manager.shutdown()
-        super().shutdown()
+        try:
+            if self.manager is not None:
+                self.manager.shutdown()
+            super().shutdown()
+        finally:
+            self._stop_logging_to_parsl()
+
+    def _stop_logging_to_parsl(self) -> None:
+        if self._logging_to_parsl:
+            self._logging_to_parsl = False
+            _TO_PARSL_LOG.detach()
+
+    def _worker_joined(self, event: dict[str, Any]) -> None:
+        """(The manager's reader thread) a worker joined: a row of monitoring's node table.
+
+        The block is the ``PARSL_WORKER_BLOCK_ID`` the worker's launch command
+        exported (workers started otherwise have none).
+        """
+        radio = self.submit_monitoring_radio
+        if radio is None:
+            return
+        resources = event.get("resources") or {}
+        host = str(event.get("host", ""))
+        block = str(event.get("block", ""))
+        when = datetime.datetime.fromtimestamp(float(event.get("t") or time.time()))
+        cores = int(resources.get("cores") or 0)
+        radio.send((MessageType.NODE_INFO, {
+            "run_id": self.run_id, "hostname": host, "uid": str(event.get("worker", "")),
+            "block_id": block, "cpu_count": cores,
+            "total_memory": int(resources.get("memory") or 0) << 20,  # MB to bytes
+            "active": True, "worker_count": cores,
+            "python_v": "", "timestamp": when, "last_heartbeat": when,
+        }))
 
     def _get_launch_command(self, block_id: str) -> str:
         worker = self.worker_executable or f"{shlex.quote(sys.executable)} -m packmule worker"
@@ -284,6 +363,7 @@ class WorkQueueExecutor(BlockProviderExecutor, RepresentationMixin):
             max_retries=self.max_retries, env=self.env,
             input_files=inputs, output_files=outputs,
         )
+        task.label = getattr(func, "__name__", None)  # the app's name in warnings and logs
         if self.pack:  # built from what the app imports; Parsl runs it on the worker
             task.pack_functions = (func,)
             task.extra_pkgs = (*self.extra_pkgs, "parsl")

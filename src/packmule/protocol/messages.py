@@ -29,7 +29,7 @@ from ..resources import FIELDS as RESOURCE_FIELDS
 
 #: Bump when a message changes shape or a message is added; peers of another version
 #: are refused.
-PROTOCOL_VERSION = 4
+PROTOCOL_VERSION = 5
 
 
 class TaskStatus(str, enum.Enum):
@@ -465,6 +465,7 @@ class Hello(Message):
     pid: int
     resources: dict[Name, int]
     packs: list[Name]  # digests of the environment packs it has cached
+    block: Name = ""  # the batch block it was started in ($PARSL_WORKER_BLOCK_ID), "" if none
 
 
 @message(2)

@@ -83,6 +83,9 @@ AUTH_FAILURES = 3
 #: Default idle timeout and connect timeout (seconds), as Work Queue's.
 IDLE_TIMEOUT = 900.0
 CONNECT_TIMEOUT = 900.0
+#: The batch block a worker was started in, as Parsl's launch command exports it: sent
+#: in the Hello, for Parsl monitoring's node table.
+BLOCK_ENV = "PARSL_WORKER_BLOCK_ID"
 #: A worker that has not reached a manager says so this many seconds after it began
 #: trying, and again every NO_MANAGER_REPEAT seconds, rather than staying silent until
 #: its connect timeout: a manager listening on 127.0.0.1 only, a wrong port or a
@@ -538,7 +541,7 @@ class Worker:
                 m.Hello(
                     m.PROTOCOL_VERSION, __version__, self.workspace.name, self.hostname,
                     os.getpid(), {k: int(v or 0) for k, v in self.size.as_dict().items()},
-                    self.packs.scan(),
+                    self.packs.scan(), os.environ.get(BLOCK_ENV, "")[:m.MAX_NAME],
                 )
             )
             try:

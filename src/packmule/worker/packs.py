@@ -20,6 +20,7 @@ from typing import BinaryIO
 
 import zmq
 
+from ..envpack.cache import hold, touch
 from ..envpack.unpack import COMPLETE, pack_python, unpack
 from ..errors import PackCorrupted, PackError
 from ..protocol import messages as m
@@ -38,7 +39,8 @@ class Unpacked:
     transfer: int  # the manager's number for the sending it came from
     root: Path | None  # None: it failed
     error: str = ""
-    corrupted: bool = False  # a damaged transfer: worth sending again
+    #: Worth sending again: the transfer was damaged, or a cleaner removed the pack.
+    corrupted: bool = False
 
 
 @dataclass
@@ -72,6 +74,8 @@ class PackCache:
         #: Packs that cannot be used here, with why (until one is sent again).
         self.failed: dict[str, str] = {}
         self._done: queue.SimpleQueue[Unpacked] = queue.SimpleQueue()
+        #: Locks marking ready packs in use, so ``packmule pack clean`` leaves them alone.
+        self._held: dict[str, int] = {}
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
 
@@ -85,7 +89,8 @@ class PackCache:
         with contextlib.suppress(OSError):
             for d in self.root.iterdir():
                 if (d / COMPLETE).exists():
-                    self.ready[d.name] = d
+                    if self._hold(d.name, d):
+                        self.ready[d.name] = d
                 elif d.name.startswith(".") and _age(d) > STALE_AFTER:
                     if d.is_dir():
                         shutil.rmtree(d, ignore_errors=True)
@@ -193,6 +198,13 @@ class PackCache:
             self._unpacking.discard(done.digest)
             done = dataclasses.replace(done, transfer=self._transfer.pop(done.digest,
                                                                          done.transfer))
+            if done.root is not None and not self._hold(done.digest, done.root):
+                # ``packmule pack clean`` is removing it: absent, as if it had never
+                # come; the manager sends it again (with its next task for here)
+                done = dataclasses.replace(
+                    done, root=None, corrupted=True,
+                    error=f"pack {done.digest[:12]} was removed from {self.root} "
+                          "(packmule pack clean) as it was unpacked")
             if done.root is not None:
                 self.ready[done.digest] = done.root
             elif not done.corrupted:
@@ -208,8 +220,19 @@ class PackCache:
             self.pending.discard(inc.msg.digest)
         self.failed.clear()
 
+    def _hold(self, digest: str, root: Path) -> bool:
+        """Mark a ready pack in use (False: a cleaner is removing it)."""
+        if digest not in self._held:
+            fd = hold(root / COMPLETE)
+            if fd is None:
+                return False
+            self._held[digest] = fd
+        return True
+
     def interpreter(self, digest: str) -> str:
-        return str(pack_python(self.ready[digest]))
+        root = self.ready[digest]
+        touch(root)  # its last use, for packmule pack list|clean
+        return str(pack_python(root))
 
     @staticmethod
     def environment() -> dict[str, str]:
@@ -218,6 +241,9 @@ class PackCache:
 
     def close(self) -> None:
         self.forget_waiting()
+        for fd in self._held.values():
+            os.close(fd)
+        self._held.clear()
         self._wake_r.close()
         self._wake_w.close()
 
