@@ -39,14 +39,50 @@ def test_parse_a_good_trace(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(("line", "why"), [
     ("1 -- 4 -- 100 -- 0 -- 4000 -- 500 -- 0", "expected 8 fields"),
-    ("1 -- 4 -- lots -- 0 -- 4000 -- 500 -- 0 -- 1", "memory is not a number"),
-    ("1 -- 4 -- 100 -- 0 -- 4000 -- -5 -- 0 -- 1", "time must not be negative"),
-    ("1 -- nan -- 100 -- 0 -- 4000 -- 5 -- 0 -- 1", "core is not finite"),
+    ("1 -- 4 -- lots -- 0 -- 4000 -- 500 -- 0 -- 1", "column 'memory' is not a number: 'lots'"),
+    ("1 -- 4 -- 100 -- 0 -- 4000 -- -5 -- 0 -- 1", "column 'time' must not be negative: '-5'"),
+    ("1 -- nan -- 100 -- 0 -- 4000 -- 5 -- 0 -- 1", "column 'core' is not finite: 'nan'"),
 ])
 def test_a_bad_line_names_file_and_line(tmp_path: Path, line: str, why: str) -> None:
     p = _trace(tmp_path, ["1 -- 4 -- 100 -- 0 -- 4000 -- 500 -- 0 -- 1", line])
     with pytest.raises(ValueError, match=rf"trace\.txt:3: {why}"):
         load_trace(p)
+
+
+def test_task_id_header_extra_columns_other_order_and_blank_lines(tmp_path: Path) -> None:
+    p = tmp_path / "trace.txt"
+    p.write_text("\n  Task_ID --  tag\t--   time -- site -- disk -- memory -- core\n\n"
+                 "a -- x -- 20 -- cern -- 10 -- 300 -- 2\n   \n"
+                 "b\t--\ty  --  5 -- fnal -- 1 -- 7.5 -- 1.4\n")
+    assert load_trace(p) == [TraceTask("a", (2, 300, 10, 0), 20.0, "x"),
+                             TraceTask("b", (2, 8, 1, 0), 5.0, "y")]
+
+
+def test_tag_is_optional_and_a_header_less_file_keeps_the_published_layout(
+        tmp_path: Path) -> None:
+    p = tmp_path / "trace.txt"
+    p.write_text("taskid -- core -- memory -- disk -- time\n1 -- 1 -- 100 -- 10 -- 5\n")
+    assert load_trace(p) == [TraceTask("1", (1, 100, 10, 0), 5.0, "")]
+    q = _trace(tmp_path, ["7 -- 4 -- 27194 -- 0 -- 4000 -- 500 -- 0 -- 2"], header=False)
+    assert load_trace(q) == [TraceTask("7", (4, 27194, 4000, 0), 500.0, "2")]
+
+
+def test_an_unreadable_field_names_file_line_and_column(tmp_path: Path) -> None:
+    p = tmp_path / "trace.txt"
+    p.write_text("task_id -- memory -- time -- core -- disk\n\n1 -- 100 -- 5 -- 1 -- 10\n"
+                 "2 -- abc -- 5 -- 1 -- 10\n")
+    with pytest.raises(ValueError, match=r"trace\.txt:4: column 'memory' is not a number: 'abc'"):
+        load_trace(p)
+
+
+def test_a_header_lacking_columns_names_them_and_what_it_found(tmp_path: Path) -> None:
+    p = tmp_path / "trace.txt"
+    p.write_text("task_id -- core -- memory -- tag\n1 -- 1 -- 100 -- a\n")
+    with pytest.raises(ValueError) as e:
+        load_trace(p)
+    msg = str(e.value)
+    assert "trace.txt:1:" in msg and "'disk', 'time'" in msg
+    assert "found: task_id, core, memory, tag" in msg
 
 
 def test_empty_trace_is_an_error(tmp_path: Path) -> None:
@@ -124,6 +160,65 @@ def test_cli_errors_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
     assert main(["--workload", str(bad), "--strategy", "max", "--machine", "16,64000"]) == 2
     assert main(["--strategy", "max"]) == 2
     assert main(["--workload", str(tmp_path / "missing.txt"), "--strategy", "max"]) == 2
+
+
+def test_categories_tag_gives_each_tag_its_own_category() -> None:
+    """MAX, steady after 2 tasks of a category, allocates the largest peak seen rounded up
+    to its 250 MB bucket. Machine 1000 MB; tags a (600 MB) and b (900 MB) alternate,
+    4 tasks each, 1 s. One category: the largest is 900 -> 1000, every task gets the whole
+    machine: 6000 / 8000. Per tag: a's last two tasks get 750: 6000 / 7500."""
+    ts = [TraceTask(str(i), (1, 600 if i % 2 == 0 else 900, 10, 0), 1.0, "ab"[i % 2])
+          for i in range(8)]
+    cfg = CategoryConfig(mode=M.MAX, steady_n=1)
+    one = simulate(ts, cfg, Resources(4, 1000, 1000, 0))
+    tag = simulate(ts, cfg, Resources(4, 1000, 1000, 0), categories="tag")
+    assert one["categories"] == "one" and one["category_count"] == 1
+    assert tag["categories"] == "tag" and tag["category_count"] == 2
+    assert one["resources"]["memory"]["allocated"] == 8000  # type: ignore[index]
+    assert tag["resources"]["memory"]["allocated"] == 7500  # type: ignore[index]
+    assert tag["resources"]["memory"]["efficiency"] == pytest.approx(0.8)  # type: ignore[index]
+    assert one["retries"] == tag["retries"] == 0 and tag["completed"] == 8
+    # Every tag alike: the same as one category (same config and order).
+    same = [TraceTask(t.id, t.peak, t.time, "z") for t in ts]
+    r = simulate(same, cfg, Resources(4, 1000, 1000, 0), categories="tag")
+    assert r["resources"] == one["resources"]
+    with pytest.raises(ValueError, match="categories"):
+        simulate(ts, cfg, Resources(4, 1000, 1000, 0), categories="app")
+
+
+def test_clip_counts_and_clips_peaks_above_the_machine(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """FIXED (whole machine, 1000 MB), 1 s each: 100 MB, 1500 MB (above), 500 MB."""
+    p = _trace(tmp_path, ["1 -- 1 -- 100 -- 0 -- 10 -- 1 -- 0 -- a",
+                          "2 -- 1 -- 1500 -- 0 -- 10 -- 1 -- 0 -- a",
+                          "3 -- 1 -- 500 -- 0 -- 10 -- 1 -- 0 -- b"])
+    base = ["--workload", str(p), "--strategy", "fixed", "--machine", "4,1000,1000"]
+    assert main(base) == 0
+    given = json.loads(capsys.readouterr().out)
+    assert given["peaks"] == "as given" and given["above_machine"] == 1
+    assert given["unrunnable"] == 1 and given["failed"] == 1 and given["completed"] == 2
+    assert given["resources"]["memory"]["used"] == 600
+    assert main([*base, "--clip", "--categories", "tag"]) == 0
+    clipped = json.loads(capsys.readouterr().out)
+    assert clipped["peaks"] == "clipped" and clipped["above_machine"] == 1
+    assert clipped["categories"] == "tag"
+    assert clipped["unrunnable"] == 0 and clipped["completed"] == 3
+    assert clipped["resources"]["memory"]["used"] == 1600  # 100 + 1000 + 500
+    assert clipped["resources"]["memory"]["efficiency"] == pytest.approx(1600 / 3000)
+    assert main([*base, "--categories", "one,tag"]) == 2  # several only with --table
+    assert main([*base, "--categories", "app"]) == 2
+
+
+def test_table_has_a_block_per_category_setting(tmp_path: Path) -> None:
+    _trace(tmp_path, [f"{i} -- 1 -- {600 if i % 2 else 900} -- 0 -- 10 -- 1 -- 0 -- {i % 2}"
+                      for i in range(8)])
+    text, results = table(tmp_path, modes=(M.FIXED, M.MAX), seeds=(0,), steady_n=1,
+                          machine=Resources(4, 1000, 1000, 0), categories=("one", "tag"))
+    assert text.splitlines()[0] == ("| workload | fixed (one) | max (one) | fixed (tag) | "
+                                    "max (tag) |")
+    row = results["trace"]
+    assert row["fixed (one)"] == row["fixed (tag)"] == row["max (one)"] == (0.75, 0.0)
+    assert row["max (tag)"] == (pytest.approx(0.8), 0.0)
 
 
 def test_table_renders_markdown(tmp_path: Path) -> None:

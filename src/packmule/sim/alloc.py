@@ -22,13 +22,25 @@ published task-resource traces (``workloads/README.md``):
   under ``fixed`` an exhausted task fails at once (Work Queue's ERROR label).
 
 Negative memory values in a trace (``normal_large`` has 7) are clamped to 0.
+
+Categories (``--categories``): ``one`` runs the whole trace through one
+category; ``tag`` gives each value of the trace's ``tag`` column its own
+category (as Parsl's ``autocategory`` gives each app its own), every one made
+like the single one (same config; seed derived from the run's seed and the tag
+name), tasks still in file order on the one machine, metrics over the whole
+trace. Peaks above the machine (``--clip``): by default they are simulated as
+given (such tasks fail and are counted ``unrunnable``); with ``clip`` each
+peak is first clipped to the machine, as the published evaluation does.
+Either way ``above_machine`` counts the tasks with a peak above the machine.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
+import re
 import sys
 import time as _time
 from collections.abc import Iterable, Sequence
@@ -47,6 +59,7 @@ from ..core.categories import (
 from ..resources import FIELDS, Resources
 
 __all__ = [
+    "CATEGORY_SETTINGS",
     "PROBABILISTIC",
     "TraceTask",
     "load_trace",
@@ -63,6 +76,13 @@ MAX_ATTEMPTS = 200
 PHUNG_MACHINE = Resources(16, 64000, 64000, 0)
 REPORTED = ("cores", "memory", "disk")
 HEADER = ("taskid", "core", "memory", "virtual_memory", "disk", "time", "average_cores", "tag")
+#: Accepted spellings of the task id column (compared case-insensitively).
+ID_NAMES = ("taskid", "task_id")
+#: Columns a header must name besides the id; ``tag`` is optional (default "").
+REQUIRED = ("core", "memory", "disk", "time")
+#: ``--categories``: one category for the whole trace, or one per value of ``tag``.
+CATEGORY_SETTINGS = ("one", "tag")
+_SEP = re.compile(r"\s+--\s+")
 
 
 def _ints(res: Resources) -> tuple[int, int, int, int]:
@@ -81,55 +101,101 @@ class TraceTask:
     tag: str = ""
 
 
-def _number(text: str, what: str) -> float:
+def _number(text: str, column: str) -> float:
     try:
         v = float(text)
     except ValueError:
-        raise ValueError(f"{what} is not a number: {text!r}") from None
+        raise ValueError(f"column {column!r} is not a number: {text!r}") from None
     if not math.isfinite(v):
-        raise ValueError(f"{what} is not finite: {text!r}")
+        raise ValueError(f"column {column!r} is not finite: {text!r}")
     return v
 
 
+def _columns(fields: list[str], where: str) -> dict[str, int]:
+    """The header's column positions by lower-case name (the id column as ``taskid``)."""
+    names = [f.lower() for f in fields]
+    cols: dict[str, int] = {}
+    for i, name in enumerate(names):
+        key = "taskid" if name in ID_NAMES else name
+        if key in cols:
+            raise ValueError(f"{where}: column {fields[i]!r} appears twice in the header")
+        cols[key] = i
+    missing = [n for n in ("taskid", *REQUIRED) if n not in cols]
+    if missing:
+        raise ValueError(
+            f"{where}: the header lacks column(s) {', '.join(repr(n) for n in missing)} "
+            f"(the id spelled taskid or task_id); found: {', '.join(fields)}")
+    return cols
+
+
 def load_trace(path: str | Path) -> list[TraceTask]:
-    """Read a trace: a header line, then ``taskid -- core -- memory -- virtual_memory -- disk
-    -- time -- average_cores -- tag`` per line. A malformed line raises ValueError naming
-    the file and the line number. Cores are rounded up to whole cores (after Work Queue's
-    de-noise rule), memory and disk up to whole MB; negative values are clamped to 0."""
+    """Read a trace: fields separated by `` -- `` (any whitespace around the ``--``).
+
+    A header line names the columns (``taskid`` or ``task_id``, case-insensitive;
+    ``core``, ``memory``, ``disk``, ``time`` required; ``tag`` optional; others
+    ignored; any order). A file without a header must have the published eight
+    columns ``taskid -- core -- memory -- virtual_memory -- disk -- time --
+    average_cores -- tag``. Blank lines are skipped. What cannot be read raises
+    ValueError naming the file, the line and the column. Cores are rounded up to whole
+    cores (after Work Queue's de-noise rule), memory and disk up to whole MB; negative
+    values are clamped to 0."""
     path = Path(path)
     tasks: list[TraceTask] = []
+    cols: dict[str, int] | None = None
+    width = 0
+    names: tuple[str, ...] = HEADER
     with path.open(encoding="utf-8") as f:
         for lineno, line in enumerate(f, 1):
             text = line.strip()
             if not text:
                 continue
-            parts = [p.strip() for p in text.split(" -- ")]
-            if lineno == 1 and parts and parts[0].lower() == "taskid":
-                continue
+            parts = [p.strip() for p in _SEP.split(text)]
+            where = f"{path}:{lineno}"
+            if cols is None:
+                if any(p.lower() in ID_NAMES for p in parts):
+                    cols = _columns(parts, where)
+                    width, names = len(parts), tuple(parts)
+                    continue
+                cols = {n: i for i, n in enumerate(HEADER)}
+                width = len(HEADER)
             try:
-                if len(parts) != len(HEADER):
+                if len(parts) != width:
                     raise ValueError(
-                        f"expected {len(HEADER)} fields separated by ' -- ' "
-                        f"({' -- '.join(HEADER)}), got {len(parts)}")
-                cores = _number(parts[1], "core")
-                memory = _number(parts[2], "memory")
-                disk = _number(parts[4], "disk")
-                duration = _number(parts[5], "time")
+                        f"expected {width} fields separated by ' -- ' "
+                        f"({' -- '.join(names)}), got {len(parts)}")
+                cores = _number(parts[cols["core"]], "core")
+                memory = _number(parts[cols["memory"]], "memory")
+                disk = _number(parts[cols["disk"]], "disk")
+                duration = _number(parts[cols["time"]], "time")
                 if duration < 0:
-                    raise ValueError(f"time must not be negative, got {parts[5]!r}")
+                    raise ValueError(
+                        f"column 'time' must not be negative: {parts[cols['time']]!r}")
             except ValueError as e:
-                raise ValueError(f"{path}:{lineno}: {e}") from None
+                raise ValueError(f"{where}: {e}") from None
             peak = (denoise_cores(cores), max(0, math.ceil(memory)), max(0, math.ceil(disk)), 0)
-            tasks.append(TraceTask(parts[0], peak, duration, parts[7]))
+            tag = parts[cols["tag"]] if "tag" in cols else ""
+            tasks.append(TraceTask(parts[cols["taskid"]], peak, duration, tag))
     if not tasks:
         raise ValueError(f"{path}: no tasks in the trace")
     return tasks
 
 
+def tag_seed(seed: int, tag: str) -> int:
+    """The seed of the category of ``tag`` under ``--categories tag`` (deterministic)."""
+    digest = hashlib.sha256(f"{seed}:{tag}".encode()).digest()
+    return int.from_bytes(digest[:8], "big")
+
+
 def simulate(tasks: Sequence[TraceTask], config: CategoryConfig, machine: Resources,
              seed: int = 0, *, bucket_cache: dict[tuple[object, ...], Buckets] | None = None,
-             ) -> dict[str, object]:
-    """Run ``tasks`` through one category with ``config`` on ``machine``; return the metrics.
+             categories: str = "one", clip: bool = False) -> dict[str, object]:
+    """Run ``tasks`` with ``config`` on ``machine``; return the metrics.
+
+    ``categories``: ``"one"``, one category (seed ``seed``) for every task;
+    ``"tag"``, one category per value of the task's tag, seeded with
+    :func:`tag_seed`. ``clip``: clip every peak to the machine first.
+    ``above_machine`` counts the tasks whose peak exceeds the machine in some
+    resource (before clipping).
 
     Per resource (cores, memory, disk): ``allocated`` and ``used``
     (resource x seconds), ``waste`` = allocated - used, ``efficiency`` = 1 -
@@ -140,8 +206,12 @@ def simulate(tasks: Sequence[TraceTask], config: CategoryConfig, machine: Resour
     binding resource: completed / max_r(sum of alloc_r x t / capacity_r).
     ``bucket_cache`` memoises the bucketing between runs over the same trace.
     """
-    cat = Category("sim", config, seed, bucket_cache=bucket_cache)
+    if categories not in CATEGORY_SETTINGS:
+        raise ValueError(f"categories must be one of {', '.join(CATEGORY_SETTINGS)}, "
+                         f"got {categories!r}")
+    cats: dict[str, Category] = {}
     cap = _ints(machine)
+    above = 0
     empty = Resources()
     allocated = [0.0] * 4
     used = [0.0] * 4
@@ -150,6 +220,17 @@ def simulate(tasks: Sequence[TraceTask], config: CategoryConfig, machine: Resour
     retries = attempts = completed = failed = unrunnable = 0
     for key, task in enumerate(tasks):
         peak = task.peak
+        if any(peak[r] > cap[r] for r in range(4)):
+            above += 1
+            if clip:
+                peak = (min(peak[0], cap[0]), min(peak[1], cap[1]), min(peak[2], cap[2]),
+                        min(peak[3], cap[3]))
+        name = task.tag if categories == "tag" else ""
+        cat = cats.get(name)
+        if cat is None:
+            cat = cats[name] = Category(
+                name or "sim", config, tag_seed(seed, name) if categories == "tag" else seed,
+                bucket_cache=bucket_cache)
         t = task.time
         label = Attempt.FIRST
         before: list[int] | None = None
@@ -223,8 +304,12 @@ def simulate(tasks: Sequence[TraceTask], config: CategoryConfig, machine: Resour
         "strategy": config.mode.value,
         "seed": seed,
         "steady_n": config.steady_n,
+        "categories": categories,
+        "category_count": len(cats),
+        "peaks": "clipped" if clip else "as given",
         "machine": dict(zip(FIELDS, cap, strict=True)),
         "tasks": len(tasks),
+        "above_machine": above,
         "completed": completed,
         "failed": failed,
         "unrunnable": unrunnable,
@@ -239,26 +324,36 @@ def simulate(tasks: Sequence[TraceTask], config: CategoryConfig, machine: Resour
 ALL_MODES = tuple(AllocationMode)
 
 
-def _run_workload(args: tuple[str, tuple[str, ...], tuple[int, ...], tuple[int, ...], int],
-                  ) -> dict[str, tuple[float, float]]:
-    path, mode_names, seeds, machine, steady_n = args
+_Work = tuple[str, tuple[str, ...], tuple[int, ...], tuple[int, ...], int, tuple[str, ...], bool]
+
+
+def _column(mode: str, setting: str, settings: Sequence[str]) -> str:
+    """A table column's name: the mode, with the category setting when several are run."""
+    return mode if len(settings) == 1 else f"{mode} ({setting})"
+
+
+def _run_workload(args: _Work) -> dict[str, tuple[float, float]]:
+    path, mode_names, seeds, machine, steady_n, settings, clip = args
     tasks = load_trace(path)
     m = Resources(*machine)
     out: dict[str, tuple[float, float]] = {}
-    for name in mode_names:
-        mode = AllocationMode(name)
-        cfg = CategoryConfig(mode=mode, steady_n=steady_n)
-        runs = seeds if mode in PROBABILISTIC else seeds[:1]
-        cache: dict[tuple[object, ...], Buckets] = {}
-        effs = []
-        rets = []
-        for s in runs:
-            res = simulate(tasks, cfg, m, s, bucket_cache=cache)
-            mem = res["resources"]
-            assert isinstance(mem, dict)
-            effs.append(mem["memory"]["efficiency"])
-            rets.append(float(res["retries"]))  # type: ignore[arg-type]
-        out[name] = (sum(effs) / len(effs), sum(rets) / len(rets))
+    for setting in settings:
+        for name in mode_names:
+            mode = AllocationMode(name)
+            cfg = CategoryConfig(mode=mode, steady_n=steady_n)
+            runs = seeds if mode in PROBABILISTIC else seeds[:1]
+            cache: dict[tuple[object, ...], Buckets] = {}
+            effs = []
+            rets = []
+            for s in runs:
+                res = simulate(tasks, cfg, m, s, bucket_cache=cache, categories=setting,
+                               clip=clip)
+                mem = res["resources"]
+                assert isinstance(mem, dict)
+                effs.append(mem["memory"]["efficiency"])
+                rets.append(float(res["retries"]))  # type: ignore[arg-type]
+            out[_column(name, setting, settings)] = (sum(effs) / len(effs),
+                                                     sum(rets) / len(rets))
     return out
 
 
@@ -268,19 +363,27 @@ Results = dict[str, dict[str, tuple[float, float]]]
 
 def table(directory: str | Path, modes: Iterable[AllocationMode] = ALL_MODES,
           seeds: Sequence[int] = tuple(range(10)), machine: Resources = PHUNG_MACHINE,
-          steady_n: int = 25, jobs: int = 1) -> tuple[str, Results]:
+          steady_n: int = 25, jobs: int = 1, categories: Sequence[str] = ("one",),
+          clip: bool = False) -> tuple[str, Results]:
     """Run every mode on every ``*.txt`` trace in ``directory``; return (Markdown, raw results).
 
     Probabilistic modes run once per seed and report the mean. The Markdown
     table has one row per workload and one column per mode: memory
-    efficiency / retries, with the mean over workloads in the last row.
+    efficiency / retries, with the mean over workloads in the last row. With
+    several ``categories`` settings there is a block of columns per setting,
+    named ``MODE (SETTING)`` (also the keys of the raw results).
     """
     paths = sorted(Path(directory).glob("*.txt"))
     if not paths:
         raise ValueError(f"{directory}: no *.txt traces")
-    mode_list = tuple(m.value for m in modes)
-    work = [(str(p), mode_list, tuple(seeds), _ints(machine), steady_n)
-            for p in paths]
+    settings = tuple(categories)
+    if not settings or any(c not in CATEGORY_SETTINGS for c in settings):
+        raise ValueError(f"categories must be from {', '.join(CATEGORY_SETTINGS)}, "
+                         f"got {settings!r}")
+    modes_run = tuple(m.value for m in modes)
+    mode_list = tuple(_column(m, c, settings) for c in settings for m in modes_run)
+    work: list[_Work] = [(str(p), modes_run, tuple(seeds), _ints(machine), steady_n, settings,
+                          clip) for p in paths]
     if jobs > 1:
         from concurrent.futures import ProcessPoolExecutor
 
@@ -330,6 +433,16 @@ def _modes(text: str) -> tuple[AllocationMode, ...]:
     return tuple(_mode(t) for t in text.split(",") if t.strip())
 
 
+def _categories(text: str) -> tuple[str, ...]:
+    vals = tuple(t.strip().lower() for t in text.split(",") if t.strip())
+    bad = [v for v in vals if v not in CATEGORY_SETTINGS]
+    if bad or not vals:
+        raise argparse.ArgumentTypeError(
+            f"expected {' or '.join(CATEGORY_SETTINGS)} (comma-separated with --table), "
+            f"got {text!r}")
+    return tuple(dict.fromkeys(vals))
+
+
 def _positive(text: str) -> int:
     # Not cli.whole_number: the simulator does not import the command line (and zmq).
     try:
@@ -368,6 +481,13 @@ def build_parser(prog: str = "packmule sim alloc") -> argparse.ArgumentParser:
                    help="with --table: the modes to run (default: all)")
     p.add_argument("--jobs", type=_positive, default=1, metavar="J",
                    help="with --table: worker processes (default 1)")
+    p.add_argument("--categories", type=_categories, default=("one",), metavar="one|tag",
+                   help="one: one category for the whole trace (default); tag: one category "
+                        "per value of the tag column; with --table a comma-separated list "
+                        "(one,tag) gives a block of columns per setting")
+    p.add_argument("--clip", action="store_true",
+                   help="clip every peak to the machine before simulating (the published "
+                        "evaluation); by default tasks above the machine fail and are counted")
     return p
 
 
@@ -382,7 +502,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         started = _time.perf_counter()
         try:
             text, _ = table(args.table, modes=args.modes, seeds=tuple(range(args.seeds)),
-                            machine=args.machine, steady_n=args.steady_n, jobs=args.jobs)
+                            machine=args.machine, steady_n=args.steady_n, jobs=args.jobs,
+                            categories=args.categories, clip=args.clip)
         except (OSError, ValueError) as e:
             print(f"packmule sim alloc: {e}", file=sys.stderr)
             return 2
@@ -394,13 +515,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("packmule sim alloc: --workload and --strategy are required (or --table DIR)",
               file=sys.stderr)
         return 2
+    if len(args.categories) != 1:
+        print("packmule sim alloc: --categories takes one setting without --table",
+              file=sys.stderr)
+        return 2
     try:
         tasks = load_trace(args.workload)
         config = CategoryConfig(mode=args.strategy, steady_n=args.steady_n)
     except (OSError, ValueError) as e:
         print(f"packmule sim alloc: {e}", file=sys.stderr)
         return 2
-    result = simulate(tasks, config, args.machine, args.seed)
+    result = simulate(tasks, config, args.machine, args.seed, categories=args.categories[0],
+                      clip=args.clip)
     result = {"workload": str(args.workload), **result}
     json.dump(result, sys.stdout, indent=2)
     sys.stdout.write("\n")
