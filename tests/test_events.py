@@ -27,6 +27,7 @@ from packmule.observe.events import (
 from packmule.resources import Resources
 
 from .conftest import ClusterFactory, connected, wait_until
+from .test_measure import hold
 
 
 def first_run_waits(marker: str) -> str:
@@ -37,15 +38,6 @@ def first_run_waits(marker: str) -> str:
         path.write_text("started")
         time.sleep(60)
     return "done"
-
-
-def hold(mb: int, seconds: float) -> int:
-    """Hold ``mb`` MB of touched memory for ``seconds``."""
-    block = bytearray(mb << 20)
-    for i in range(0, len(block), 4096):
-        block[i] = 1
-    time.sleep(seconds)
-    return len(block) >> 20
 
 
 def nap(seconds: float) -> None:
