@@ -14,8 +14,8 @@ import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
+from packmule.core.alloc import Attempt
 from packmule.core.allocation import box, with_minimum
-from packmule.core.categories import Attempt
 from packmule.core.scheduler import ManagerState
 from packmule.core.states import TaskState
 from packmule.core.workers import PREFETCH_MAX, WorkerRecord

@@ -13,14 +13,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from packmule import Resources
-from packmule.core import categories as C
-from packmule.core.allocation import box, with_minimum
-from packmule.core.categories import (
+from packmule.core.alloc import (
     AllocationMode,
     Attempt,
     Category,
     CategoryConfig,
     Histogram,
+    after_exhaustion,
     denoise_cores,
     exhaustive_buckets,
     greedy_buckets,
@@ -28,6 +27,8 @@ from packmule.core.categories import (
     min_waste,
     optimal_ladder,
 )
+from packmule.core.alloc.bucketing import _exhaustive_cost
+from packmule.core.allocation import box, with_minimum
 from packmule.errors import InvalidResources
 
 M = AllocationMode
@@ -37,6 +38,16 @@ WQ_TEST_WORKER = Resources(4, 2000, 2000, 8)
 BIG = Resources(16, 64000, 64000, 0)
 NOTHING = Resources()
 LEARNING = [m for m in M if m is not M.FIXED]
+
+
+def steady(cat: Category) -> bool:
+    return bool(cat.stats()["steady"])
+
+
+def first_memory(cat: Category) -> int | None:
+    """The memory of the learned first allocation (histogram modes; None until computed)."""
+    first = cat.stats()["first_allocation"]
+    return None if first is None else first["memory"]  # type: ignore[index]
 
 
 def fraction(request: Resources, worker: Resources) -> float:
@@ -141,7 +152,7 @@ def test_auto_modes_scenario(mode: AllocationMode, share: float) -> None:
     for _ in range(10):
         cat.record(Resources(1, 10, 1), 1.0, False)
     req = cat.request_for(NOTHING, FIRST, worker, 99)
-    assert cat.steady
+    assert steady(cat)
     assert fraction(req, worker) == share
     if mode is M.MAX:
         assert req == Resources(1, 250, 1000, None)
@@ -235,11 +246,11 @@ def test_first_allocation_is_used_after_steady_n_plus_one_results() -> None:
     used once the 4th result has been accounted (the 25th / 26th with Work Queue's N)."""
     cat = Category("c", CategoryConfig(mode=M.MIN_WASTE, steady_n=3))
     _feed(cat, [1000, 1000, 1000])
-    assert cat.first_allocation is not None and cat.first_allocation.memory == 1000
-    assert not cat.steady
+    assert first_memory(cat) == 1000
+    assert not steady(cat)
     assert cat.request_for(NOTHING, FIRST, BIG, 1) == NOTHING  # still the whole worker
     _feed(cat, [900])
-    assert cat.steady
+    assert steady(cat)
     assert cat.request_for(NOTHING, FIRST, BIG, 1).memory == 1000
 
 
@@ -247,14 +258,14 @@ def test_new_maximum_resets_only_while_not_steady() -> None:
     cat = Category("c", CategoryConfig(mode=M.MIN_WASTE, steady_n=3))
     _feed(cat, [1000, 1000, 1000])
     _feed(cat, [1300])  # a new bucket maximum before steady: start counting again
-    assert cat.first_allocation is None
+    assert first_memory(cat) is None
     assert cat.stats()["completions_since_reset"] == 1
     _feed(cat, [1000, 1000])
-    assert cat.first_allocation is not None
+    assert first_memory(cat) is not None
     _feed(cat, [1000])
-    assert cat.steady
+    assert steady(cat)
     _feed(cat, [5000])  # steady: new maxima no longer reset anything
-    assert cat.steady and cat.first_allocation is not None
+    assert steady(cat) and first_memory(cat) is not None
     # a value in the same 250 MB bucket as the maximum is not a new maximum
     cat = Category("c", CategoryConfig(mode=M.MIN_WASTE, steady_n=2))
     _feed(cat, [1010, 1200])
@@ -264,7 +275,7 @@ def test_new_maximum_resets_only_while_not_steady() -> None:
 def test_explicit_max_disables_the_new_maximum_check_for_its_resource() -> None:
     cat = Category("c", CategoryConfig(mode=M.MAX, steady_n=2, max=Resources(memory=8000)))
     _feed(cat, [1000, 1000, 3000, 7000])
-    assert cat.steady
+    assert steady(cat)
 
 
 def test_exhausted_attempts_raise_max_seen_but_not_the_histograms() -> None:
@@ -281,10 +292,10 @@ def test_exhausted_attempts_raise_max_seen_but_not_the_histograms() -> None:
 
 def test_first_guess_makes_the_category_steady_at_once() -> None:
     cat = Category("c", CategoryConfig(mode=M.MIN_WASTE, first_guess=Resources(2, 3000, 500)))
-    assert cat.steady
+    assert steady(cat)
     assert cat.request_for(NOTHING, FIRST, BIG, 1) == Resources(2, 3000, 500, None)
     _feed(cat, [100])
-    assert cat.steady  # a guess stays in force (Work Queue would drop back to unsteady)
+    assert steady(cat)  # a guess stays in force (Work Queue would drop back to unsteady)
 
 
 # ------------------------------------------------------------------- explicit limits
@@ -296,19 +307,6 @@ def test_task_values_always_win_and_are_never_learned() -> None:
         assert req.memory == 123 and req.gpus == 1
         req = cat.request_for(Resources(memory=123), MAX, BIG, 1, Resources(memory=124))
         assert req.memory == 123
-
-
-def test_exceeding_an_explicit_limit_is_an_error_not_a_retry() -> None:
-    cat = Category("c", CategoryConfig(mode=M.MAX_THROUGHPUT, max=Resources(disk=500)))
-    assert cat.exceeds_explicit_limit(Resources(memory=1000), Resources(1, 1500, 10)) \
-        == ["memory"]
-    assert cat.exceeds_explicit_limit(NOTHING, Resources(1, 1500, 600)) == ["disk"]
-    # the task's own value is its limit, even above the category max
-    assert cat.exceeds_explicit_limit(Resources(disk=700), Resources(1, 1500, 600)) == []
-    assert cat.next_label(NOTHING, Resources(1, 1500, 600)) is None
-    assert cat.next_label(NOTHING, Resources(1, 1500, 400)) is MAX
-    # FIXED never retries an exhausted task (Work Queue's ERROR label)
-    assert Category("f").next_label(NOTHING, Resources(1, 1, 1)) is None
 
 
 def test_learned_values_respect_category_max_min_and_the_worker() -> None:
@@ -361,9 +359,12 @@ def test_repeated_exhaustion_escalates_until_the_task_fits(mode: AllocationMode,
         allocs.append(alloc.memory or 0)
         if peak <= (alloc.memory or 0):
             break
-        reading = [4, (alloc.memory or 0) + 1, 4000, 0]
-        cat.record(Resources(*reading), 500.0, True)
-        assert cat.next_label(NOTHING, Resources(*reading)) is MAX
+        decision = after_exhaustion(cat.config, NOTHING, alloc, Resources(4, None, 4000, 0),
+                                    ["memory"], BIG, attempt + 1)
+        assert decision.give_up is None
+        reading = list(decision.used.astuple())
+        assert reading == [4, (alloc.memory or 0) + 1, 4000, 0]
+        cat.record(decision.used, 500.0, True)
         before = reading if before is None else [max(a, b) for a, b in zip(before, reading,
                                                                             strict=True)]
         label = MAX
@@ -492,7 +493,7 @@ def test_exhaustive_cost_recurrence_matches_the_definition(
     total = sum(p for _, p in buckets)
     probs = [p / total for _, p in buckets]
     means = [t * 0.9 for t in tops]
-    assert math.isclose(C._exhaustive_cost(tops, probs, means),
+    assert math.isclose(_exhaustive_cost(tops, probs, means),
                         _exhaustive_cost_reference(tops, probs, means), rel_tol=1e-9,
                         abs_tol=1e-6)
 
@@ -609,7 +610,11 @@ def test_stats_are_json(mode: AllocationMode) -> None:
     assert s["mode"] == mode.value
     assert s["tasks_recorded"] == 12 and s["exhausted"] == 1
     assert s["max_seen"]["memory"] == 99999
-    assert {"steady", "first_allocation", "explicit_max"} <= set(s)
+    assert {"explicit_max", "explicit_min", "typical_wall_time_s"} <= set(s)
+    own = {"steady", "first_allocation", "buckets", "ladder"} & set(s)
+    assert own == {M.FIXED: set(), M.GREEDY_BUCKETING: {"buckets"},
+                   M.EXHAUSTIVE_BUCKETING: {"buckets"},
+                   M.LADDER: {"ladder"}}.get(mode, {"steady", "first_allocation"})
 
 
 # ------------------------------------------------------------- the allocation now
@@ -636,8 +641,8 @@ def test_current_allocation_changes_only_with_its_epoch(
             assert cat._first_allocation(BIG) == before
         assert cat.current_allocation(BIG) == cat._first_allocation(BIG)
         assert cat.current_allocation(small) == cat._first_allocation(small)
-    if mode is M.FIXED:
-        assert cat.allocation_epoch == 0
+    if mode is M.FIXED:  # nothing learned: the task's request or the category max
+        assert cat.current_allocation(BIG) == Resources(disk=500)
 
 
 def test_the_measured_peak_leaves_out_what_exhaustion_makes_up() -> None:

@@ -11,8 +11,8 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 
 from packmule import Resources
 from packmule.core import workers as workers_module
+from packmule.core.alloc import WALL_MIN_TASKS, AllocationMode, CategoryConfig
 from packmule.core.allocation import box
-from packmule.core.categories import WALL_MIN_TASKS, AllocationMode, CategoryConfig
 from packmule.core.scheduler import MAX_REQUEUES, PREFETCH_WALL_TIME, ManagerState
 from packmule.core.states import Failure, InvalidTransition, Outcome, Ruling, TaskState, Verdict
 from packmule.core.workers import WorkerRecord

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from packmule import Resources
-from packmule.core.categories import AllocationMode, CategoryConfig
+from packmule.core.alloc import AllocationMode, CategoryConfig
 from packmule.sim.alloc import PHUNG_MACHINE, TraceTask, load_trace, main, simulate, table
 
 WORKLOADS = Path("/work/shared/workloads/phung2021")

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 from ..resources import ZERO, Resources, maximum
-from .categories import AllocationMode, Attempt, Category, CategoryConfig
+from .alloc import AllocationMode, Attempt, Category, CategoryConfig, after_exhaustion
 from .states import (
     ALLOWED_TRANSITIONS,
     FINAL_STATES,
@@ -41,7 +41,6 @@ from .workers import PREFETCH_MAX, Need, Shape, WorkerPool, WorkerRecord
 
 __all__ = [
     "HISTORY_LIMIT",
-    "MAX_EXHAUSTIONS",
     "MAX_REQUEUES",
     "PREFETCH_MAX",
     "PREFETCH_WALL_TIME",
@@ -73,9 +72,6 @@ TOUCHED_SCAN = 32
 MAX_REQUEUES = 5
 #: Transitions kept per task for error messages and tests.
 HISTORY_LIMIT = 32
-#: How often a task may exhaust its allocation and be retried bigger before it
-#: fails (each retry needs a larger allocation, so this is only a backstop).
-MAX_EXHAUSTIONS = 10
 #: A task whose category's typical wall time (s) is below this may be
 #: *prefetched*: sent to a worker with no room yet, which starts it the moment
 #: room frees there. That saves the manager round trip (1-2 ms) between short
@@ -248,16 +244,9 @@ class ManagerState:
 
     def request_of(self, t: TaskRecord) -> Resources:
         """What this attempt asks the box rule for: the task's own values, plus learned ones."""
-        cat = self.category(t.category)
-        largest = self.pool.largest
-        if t.label is Attempt.MAX and cat.mode is AllocationMode.FIXED:
-            # Nothing is learned in FIXED mode: what it exceeded gets the largest worker's.
-            fields = t.request.as_dict()
-            for r in t.exceeded:
-                fields[r] = getattr(largest, r)
-            return Resources(**fields)
-        return cat.request_for(t.request, t.label, largest, t.id, t.measured_before,
-                               attempt=t.attempt, exceeded=t.exceeded)
+        return self.category(t.category).request_for(
+            t.request, t.label, self.pool.largest, t.id, t.measured_before,
+            attempt=t.attempt, exceeded=t.exceeded)
 
     def _release(self, t: TaskRecord) -> None:
         """Give back the task's allocation on its worker."""
@@ -403,25 +392,18 @@ class ManagerState:
     ) -> Ruling:
         """Killed for using more of ``exceeded`` than it was allocated.
 
-        A resource the task (or its category's max) gave explicitly is a hard
-        limit: the task FAILS. Otherwise it RETRIES at once, ahead of the other
-        waiting tasks, with a larger allocation (its category decides how
-        much; at most the largest worker's), and FAILS only when it already
-        had the largest worker's worth of what it exceeded.
+        It RETRIES at once, ahead of the other waiting tasks, with a larger
+        allocation (its category decides how much; at most the largest
+        worker's), or FAILS as :func:`~.alloc.after_exhaustion` decides.
         """
         had = t.allocation or ZERO
         self._release(t)
         cat = self.category(t.category)
-        # An exhausted resource used more than it had, whatever the last reading said.
-        fields = (measured or Resources()).as_dict()
-        for r in exceeded:
-            fields[r] = max(fields[r] or 0, (getattr(had, r) or 0) + 1)
-        used = Resources(**fields)
         t.exhaustions += 1
-        largest = self.pool.largest
-        at_most = all((getattr(had, r) or 0) >= (getattr(largest, r) or 0) for r in exceeded)
-        over_explicit = [r for r in cat.exceeds_explicit_limit(t.request, used) if r in exceeded]
-        give_up = bool(over_explicit or (exceeded and at_most) or t.exhaustions > MAX_EXHAUSTIONS)
+        decision = after_exhaustion(cat.config, t.request, had, measured, exceeded,
+                                    self.pool.largest, t.exhaustions)
+        used = decision.used
+        give_up = decision.give_up is not None
         cat.record(used, wall_time, True, cores=cores, task_key=t.id, gave_up=give_up,
                    reading=measured or _UNMEASURED)
         self._learned(cat)

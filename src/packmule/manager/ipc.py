@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from ..core.categories import CategoryConfig
+from ..core.alloc import CategoryConfig
 from ..errors import ProtocolError
 from ..resources import Resources
 from ..task import File

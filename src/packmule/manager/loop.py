@@ -40,7 +40,7 @@ from typing import Any
 import zmq
 
 from .._version import __version__
-from ..core.categories import AllocationMode
+from ..core.alloc import AllocationMode
 from ..core.scheduler import MAX_REQUEUES, Assignment, ManagerState
 from ..core.states import Failure, Outcome, Verdict
 from ..errors import (

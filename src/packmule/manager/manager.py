@@ -31,7 +31,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-from ..core.categories import STEADY_N, AllocationMode, CategoryConfig
+from ..core.alloc import STEADY_N, AllocationMode, CategoryConfig
 from ..envpack import Pack
 from ..errors import (
     FileTransferError,

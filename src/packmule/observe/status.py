@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .._version import __version__
-from ..core.categories import AllocationMode, Attempt
+from ..core.alloc import AllocationMode, Attempt
 from ..core.states import TaskState
 from ..resources import Resources
 from .events import resources

@@ -36,7 +36,7 @@ from parsl.providers.base import ExecutionProvider
 from parsl.utils import RepresentationMixin
 
 from .. import File, Manager, PythonTask
-from ..core.categories import AllocationMode, CategoryConfig
+from ..core.alloc import AllocationMode, CategoryConfig
 from ..errors import PackmuleError, SerializationError
 from ..protocol.security import read_password_file, write_new_password_file
 from .radio import PackmuleRadio, PackmuleRadioReceiver

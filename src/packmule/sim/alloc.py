@@ -47,15 +47,17 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..core.allocation import box
-from ..core.categories import (
+from ..core.alloc import (
     AllocationMode,
     Attempt,
-    Buckets,
+    BucketCache,
     Category,
     CategoryConfig,
+    GiveUp,
+    after_exhaustion,
     denoise_cores,
 )
+from ..core.allocation import box
 from ..resources import FIELDS, Resources
 
 __all__ = [
@@ -70,8 +72,6 @@ __all__ = [
 
 #: Modes whose results depend on the seed (reported as the mean over seeds).
 PROBABILISTIC = frozenset({AllocationMode.GREEDY_BUCKETING, AllocationMode.EXHAUSTIVE_BUCKETING})
-#: Safety stop: an attempt loop longer than this is a bug in a mode (it did not escalate).
-MAX_ATTEMPTS = 200
 #: The machine of Phung et al.: 16 cores, 64,000 MB memory, 64,000 MB disk.
 PHUNG_MACHINE = Resources(16, 64000, 64000, 0)
 REPORTED = ("cores", "memory", "disk")
@@ -187,7 +187,7 @@ def tag_seed(seed: int, tag: str) -> int:
 
 
 def simulate(tasks: Sequence[TraceTask], config: CategoryConfig, machine: Resources,
-             seed: int = 0, *, bucket_cache: dict[tuple[object, ...], Buckets] | None = None,
+             seed: int = 0, *, bucket_cache: BucketCache | None = None,
              categories: str = "one", clip: bool = False) -> dict[str, object]:
     """Run ``tasks`` with ``config`` on ``machine``; return the metrics.
 
@@ -263,25 +263,25 @@ def simulate(tasks: Sequence[TraceTask], config: CategoryConfig, machine: Resour
                 completed += 1
                 ok = True
                 break
-            reading = [(alloc[r] + 1 if r in over else peak[r]) for r in range(4)]
-            measured = Resources._raw(*reading)
-            hopeless = any(alloc[r] >= cap[r] for r in over)
-            give_up = hopeless or cat.next_label(empty, measured) is None
-            cat.record(measured, t, True, task_key=key, gave_up=give_up)
-            if give_up:
-                failed += 1
-                unrunnable += hopeless
-                break
-            before = reading if before is None else [
-                max(a, b) for a, b in zip(before, reading, strict=True)]
             exceeded = [FIELDS[r] for r in over]
+            # what the monitor read: the true peaks, and nothing of the exceeded resources
+            # (the decision takes those as allocation + 1)
+            decision = after_exhaustion(
+                config, empty, alloc_r, Resources._raw(*(0 if r in over else peak[r]
+                                                          for r in range(4))),
+                exceeded, machine, attempt + 1)
+            reading = _ints(decision.used)
+            cat.record(decision.used, t, True, task_key=key,
+                       gave_up=decision.give_up is not None)
+            if decision.give_up is not None:
+                failed += 1
+                unrunnable += decision.give_up is GiveUp.LARGEST
+                break
+            before = list(reading) if before is None else [
+                max(a, b) for a, b in zip(before, reading, strict=True)]
             label = Attempt.MAX
             attempt += 1
             retries += 1
-            if attempt >= MAX_ATTEMPTS:
-                raise RuntimeError(
-                    f"task {task.id}: {attempt} attempts without success under mode "
-                    f"{config.mode.value}; the mode does not escalate")
         for r in range(4):
             if task_alloc[r] > 0:
                 task_eff_n[r] += 1
@@ -342,7 +342,7 @@ def _run_workload(args: _Work) -> dict[str, tuple[float, float]]:
             mode = AllocationMode(name)
             cfg = CategoryConfig(mode=mode, steady_n=steady_n)
             runs = seeds if mode in PROBABILISTIC else seeds[:1]
-            cache: dict[tuple[object, ...], Buckets] = {}
+            cache: BucketCache = {}
             effs = []
             rets = []
             for s in runs:
