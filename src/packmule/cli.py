@@ -121,6 +121,10 @@ def build_parser(pack: bool = True) -> argparse.ArgumentParser:
         "alloc", add_help=False,
         help="one strategy on one trace, or every strategy on a folder of traces (--table)",
     )
+    sim_sub.add_parser(
+        "shifts", add_help=False,
+        help="write shift traces (published traces reordered by tag or joined) into a folder",
+    )
     return p
 
 
@@ -178,6 +182,10 @@ def main(argv: list[str] | None = None) -> int:
         from .sim.alloc import main as sim_alloc
 
         return sim_alloc(argv[2:])
+    if argv[:2] == ["sim", "shifts"]:
+        from .sim.shifts import main as sim_shifts
+
+        return sim_shifts(argv[2:])
     args = build_parser(pack=argv[:1] != ["worker"]).parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if getattr(args, "debug", False) else logging.INFO,
