@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 from ..resources import ZERO, Resources, maximum
-from .alloc import AllocationMode, Attempt, Category, CategoryConfig, after_exhaustion
+from .alloc import AllocationMode, Attempt, Category, CategoryConfig, Pool, after_exhaustion
 from .states import (
     ALLOWED_TRANSITIONS,
     FINAL_STATES,
@@ -175,6 +175,8 @@ class ManagerState:
         self.pool = WorkerPool()
         self.categories: dict[str, Category] = {}
         self.default_category = default_category or CategoryConfig()
+        #: What ``auto`` categories share: every one's peaks (a new category's prior).
+        self._pool = Pool()
         self.validate = validate
         self.prefetch = prefetch
         self.waiting = WaitingTasks(self.tasks)
@@ -230,7 +232,7 @@ class ManagerState:
     # ------------------------------------------------------------ categories
     def configure_category(self, name: str, config: CategoryConfig) -> None:
         """Set a category's allocation policy (before its tasks arrive, or it starts afresh)."""
-        self.categories[name] = Category(name, config, seed=_seed(name))
+        self.categories[name] = Category(name, config, seed=_seed(name), pool=self._pool)
         self._short.pop(name, None)
         self._epochs[name] = self._epochs.get(name, 0) + 1
         self._relearn.add(name)
@@ -239,7 +241,8 @@ class ManagerState:
     def category(self, name: str) -> Category:
         cat = self.categories.get(name)
         if cat is None:
-            cat = self.categories[name] = Category(name, self.default_category, seed=_seed(name))
+            cat = self.categories[name] = Category(name, self.default_category, seed=_seed(name),
+                                                       pool=self._pool)
         return cat
 
     def request_of(self, t: TaskRecord) -> Resources:

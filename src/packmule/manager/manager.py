@@ -446,7 +446,7 @@ class Manager:
     def configure_category(
         self,
         name: str,
-        mode: str | AllocationMode = AllocationMode.FIXED,
+        mode: str | AllocationMode = AllocationMode.AUTO,
         *,
         max: Resources | Mapping[str, int] | None = None,
         min: Resources | Mapping[str, int] | None = None,
@@ -455,7 +455,8 @@ class Manager:
     ) -> None:
         """Choose how tasks of category ``name`` get their allocations.
 
-        ``mode``: fixed, max, min_waste, max_throughput, greedy_bucketing,
+        ``mode``: auto (the default: learned optimal ladders that follow the
+        workload), fixed, max, min_waste, max_throughput, greedy_bucketing,
         exhaustive_bucketing or ladder (see docs/allocation.md). ``max`` and
         ``min`` are explicit limits (a task going over the max fails);
         ``first_guess`` starts learning from a known allocation. Bad values

@@ -157,9 +157,10 @@ class WorkQueueExecutor(BlockProviderExecutor, RepresentationMixin):
 
     Every parameter of Parsl's ``WorkQueueExecutor`` is accepted with the same
     meaning; see docs/parsl-migration.md for each one. ``autolabel_algorithm``
-    (new) chooses how ``autolabel`` learns allocations: max_throughput (the
-    original's, and the default), min_waste, max, greedy_bucketing,
-    exhaustive_bucketing or ladder. Differences that fix the
+    (new) chooses how ``autolabel`` learns allocations: auto (the default:
+    optimal ladders that follow a changing workload; docs/allocation.md),
+    max_throughput (the original's, exactly), min_waste, max,
+    greedy_bucketing, exhaustive_bucketing or ladder. Differences that fix the
     original's traps: ``env`` really sets task environment variables; each
     executor gets its own default provider; ``max_retries=None`` means
     unlimited; ``port=0`` (the default) picks a free port, and a port that
@@ -187,7 +188,7 @@ class WorkQueueExecutor(BlockProviderExecutor, RepresentationMixin):
         extra_pkgs: list[str] | None = None,
         autolabel: bool = False,
         autolabel_window: int = 1,
-        autolabel_algorithm: str = "max_throughput",
+        autolabel_algorithm: str = "auto",
         autocategory: bool = True,
         max_retries: int | None = 1,
         init_command: str = "",

@@ -54,6 +54,7 @@ from ..core.alloc import (
     Category,
     CategoryConfig,
     GiveUp,
+    Pool,
     after_exhaustion,
     denoise_cores,
 )
@@ -210,6 +211,7 @@ def simulate(tasks: Sequence[TraceTask], config: CategoryConfig, machine: Resour
         raise ValueError(f"categories must be one of {', '.join(CATEGORY_SETTINGS)}, "
                          f"got {categories!r}")
     cats: dict[str, Category] = {}
+    pool = Pool()  # what ``auto`` categories share, as in the manager
     cap = _ints(machine)
     above = 0
     empty = Resources()
@@ -230,7 +232,7 @@ def simulate(tasks: Sequence[TraceTask], config: CategoryConfig, machine: Resour
         if cat is None:
             cat = cats[name] = Category(
                 name or "sim", config, tag_seed(seed, name) if categories == "tag" else seed,
-                bucket_cache=bucket_cache)
+                bucket_cache=bucket_cache, pool=pool)
         t = task.time
         label = Attempt.FIRST
         before: list[int] | None = None

@@ -7,10 +7,11 @@ with the deviations listed in ``docs/allocation.md``.
 * :mod:`.config`: the modes, the attempt labels, :class:`CategoryConfig`;
 * :mod:`.category`: :class:`Category`, what every mode shares, and the registry
   of each mode's strategy (the interface is :mod:`.strategy`'s);
-* :mod:`.fixed`, :mod:`.histogram`, :mod:`.bucketing`, :mod:`.ladder`: the modes;
+* :mod:`.fixed`, :mod:`.histogram`, :mod:`.bucketing`, :mod:`.ladder`, :mod:`.auto`: the modes;
 * :mod:`.exhaustion`: after an exhaustion, retry bigger or fail (and why).
 """
 
+from .auto import Pool
 from .bucketing import (
     MAX_BUCKETS,
     SAMPLING_DEFAULT,
@@ -58,6 +59,7 @@ __all__ = [
     "Decision",
     "GiveUp",
     "Histogram",
+    "Pool",
     "Shared",
     "Strategy",
     "after_exhaustion",

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Collection, Sequence
 
 from ...resources import FIELDS, Resources
+from .auto import AutoStrategy
 from .bucketing import BucketCache, BucketingStrategy
 from .config import CORES, AllocationMode, Attempt, CategoryConfig, denoise_cores, ints
 from .fixed import FixedStrategy
@@ -30,6 +31,7 @@ STRATEGIES: dict[AllocationMode, Callable[[Shared], Strategy]] = {
     AllocationMode.GREEDY_BUCKETING: BucketingStrategy,
     AllocationMode.EXHAUSTIVE_BUCKETING: BucketingStrategy,
     AllocationMode.LADDER: LadderStrategy,
+    AllocationMode.AUTO: AutoStrategy,
 }
 #: Weight of the newest completion in a category's smoothed wall time: about
 #: the last ten tasks count, so a category whose tasks get longer is noticed soon.

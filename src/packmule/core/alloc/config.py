@@ -72,6 +72,7 @@ class AllocationMode(enum.Enum):
     GREEDY_BUCKETING = "greedy_bucketing"
     EXHAUSTIVE_BUCKETING = "exhaustive_bucketing"
     LADDER = "ladder"
+    AUTO = "auto"
 
     @classmethod
     def parse(cls, text: str | AllocationMode) -> AllocationMode:
