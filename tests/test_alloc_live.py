@@ -28,12 +28,7 @@ simulator"):
   (being killed there, it would never be seen higher), holding that until
   the monitor's next sample kills it.
 * **Enforcement by polling.** ``--enforce poll`` checks exactly what the task
-  added to its runner's resident set. The cgroup enforcement is laxer: it
-  limits the runner's cgroup to the runner's resident set (VmRSS) at the
-  task's start plus the allocation, but the cgroup is charged less than
-  VmRSS (the interpreter's file-backed pages and what the runner touched
-  before joining its cgroup are charged elsewhere), so a task may go about
-  9 MB over its allocation and succeed. Polling also needs no root.
+  added to its runner's resident set, and needs no root.
 * **Durations.** Every task of these traces lasts 500 s: all are scaled to
   :data:`DURATION`, just under the poll monitor's sample at 0.16 s (samples
   at 0.01 x 2^k s after the start), so that a killed attempt is killed
