@@ -234,20 +234,36 @@ def allocate(mb: int) -> int:
 
 
 def test_autolabel_learns_per_app_and_reports_measurements(tmp_path: Path) -> None:
-    with loaded(tmp_path, autolabel=True, autolabel_window=2) as ex:
+    with loaded(tmp_path, autolabel=True) as ex:
         first = allocate(50)
         assert first.result(timeout=60) == 50
         exec_fu = first.task_record["exec_fu"]
-        assert exec_fu.resources_allocated.memory == 4000  # nothing learned yet: whole worker
+        assert exec_fu.resources_allocated.memory == 1000  # nothing learned yet: the probe
         assert exec_fu.resources_measured["memory"] >= 45
+        for _ in range(3):
+            allocate(50).result(timeout=60)
+        later = allocate(50)
+        later.result(timeout=60)
+        assert later.task_record["exec_fu"].resources_allocated.memory < 1000
+        assert ex.manager is not None
+        stats = ex.manager.category_stats()
+        assert stats["allocate"]["mode"] == "auto"  # autocategory: the app's name
+
+
+def test_autolabel_max_throughput_keeps_work_queue_behaviour(tmp_path: Path) -> None:
+    with loaded(tmp_path, autolabel=True, autolabel_window=2,
+                autolabel_algorithm="max_throughput") as ex:
+        first = allocate(50)
+        assert first.result(timeout=60) == 50
+        # nothing learned yet: the whole worker, as Work Queue
+        assert first.task_record["exec_fu"].resources_allocated.memory == 4000
         for _ in range(3):
             allocate(50).result(timeout=60)
         later = allocate(50)
         later.result(timeout=60)
         assert later.task_record["exec_fu"].resources_allocated.memory < 4000
         assert ex.manager is not None
-        stats = ex.manager.category_stats()
-        assert stats["allocate"]["mode"] == "max_throughput"  # autocategory: the app's name
+        assert ex.manager.category_stats()["allocate"]["mode"] == "max_throughput"
 
 
 def test_bad_autolabel_algorithm_is_a_clear_error() -> None:

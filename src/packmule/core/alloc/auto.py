@@ -71,6 +71,8 @@ PRIOR_WEIGHT = 3.0
 PRIOR_UNTIL = 60
 #: A copy's ladder is recomputed after this fraction of min(n, half-life) new completions.
 REFRESH = 0.02
+#: ... but, past the first tasks, after at least this many (a refit costs O(grid cells)).
+REFIT_MIN = 4
 #: A cell whose decayed weight is below this fraction of the total is dropped.
 NEGLIGIBLE = 1e-4
 
@@ -105,27 +107,39 @@ def ladder_levels(values: Sequence[float], weights: Sequence[float],
     for i in range(n - 1, -1, -1):
         above[i] = acc
         acc += weights[i]
-    # lines (slope, intercept, candidate); -1 is "no level yet": every task tries the next
-    hull: list[tuple[float, float, int]] = [(acc, 0.0, -1)]
+    # the hull of lines slope x + icept, by candidate (-1: no level yet, every task tries
+    # the next); slopes fall, so a line's turn as the lowest ends for good
+    slopes = [acc]
+    icepts = [0.0]
+    ids = [-1]
     head = 0
     parent = [0] * n
     for i, x in enumerate(values):
-        head = min(head, len(hull) - 1)
-        while head + 1 < len(hull) and \
-                hull[head + 1][0] * x + hull[head + 1][1] <= hull[head][0] * x + hull[head][1]:
+        last = len(slopes) - 1
+        if head > last:
+            head = last
+        best = slopes[head] * x + icepts[head]
+        while head < last:
+            nxt = slopes[head + 1] * x + icepts[head + 1]
+            if nxt > best:
+                break
             head += 1
-        slope, icept, j = hull[head]
-        cost = slope * x + icept
-        parent[i] = j
-        new = (above[i], cost + retry_cost * above[i], i)
-        while len(hull) - head >= 2:
-            (s1, b1, _), (s2, b2, _) = hull[-2], hull[-1]
-            # the last line is never lowest if the new one overtakes s1 no later than it does
-            if (new[1] - b1) * (s1 - s2) <= (b2 - b1) * (s1 - new[0]):
-                hull.pop()
+            best = nxt
+        parent[i] = ids[head]
+        s3 = above[i]
+        b3 = best + retry_cost * s3
+        # drop the last line while the new one overtakes the one before it no later
+        while len(slopes) - head >= 2:
+            s1, b1, s2, b2 = slopes[-2], icepts[-2], slopes[-1], icepts[-1]
+            if (b3 - b1) * (s1 - s2) <= (b2 - b1) * (s1 - s3):
+                slopes.pop()
+                icepts.pop()
+                ids.pop()
             else:
                 break
-        hull.append(new)
+        slopes.append(s3)
+        icepts.append(b3)
+        ids.append(i)
     out = []
     i = n - 1
     while i >= 0:
@@ -174,7 +188,7 @@ class _Peaks:
     def add(self, value: int, weight: float) -> None:
         if self.half_life is not None:
             self._scale *= self._growth
-            if self._scale > 1e60:
+            if self._scale > 1e6:
                 self._rescale()
         slot = self.cells.get(_cell(value))
         w = weight * self._scale
@@ -337,7 +351,8 @@ class _Learner:
             own = _mix(own, prior, n / (n + PRIOR_WEIGHT))
         c.ladder = _fit(own, 1.0 / (n + 1.0), self.retry_cost)
         h = c.peaks.half_life
-        c.due = self.n + max(1, int(min(self.n, h if h is not None else self.n) * REFRESH))
+        c.due = self.n + max(REFIT_MIN if self.n >= PRIOR_UNTIL else 1,
+                             int(min(self.n, h if h is not None else self.n) * REFRESH))
 
     def half_life(self) -> int | None:
         return self.used.peaks.half_life
