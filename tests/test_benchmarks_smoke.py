@@ -66,3 +66,35 @@ def test_reliability_quick_loses_nothing_and_leaves_nothing_running() -> None:
     for run in (out["fault_free"], out["faulty"]):
         assert run["delivered_never"] == run["never_executed"] == 0
         assert run["workers_exited_on_shutdown"]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+@pytest.mark.skipif(not Path("/work/shared/workloads/phung2021").is_dir(),
+                    reason="the Phung 2021 traces are not present")
+def test_alloc_quick_reports_every_setting_and_target() -> None:
+    res = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "alloc.py"), "--quick", "--modes",
+         "auto,max_throughput", "--seeds", "1", "--workloads",
+         "/work/shared/workloads/phung2021"],
+        capture_output=True, text=True, timeout=110, check=False,
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    out = json.loads(res.stdout)
+    assert {"machine", "config", "settings", "targets", "meets_targets",
+            "duration_s"} <= set(out)
+    assert set(out["settings"]) == {"public/one/as_given", "public/one/clipped",
+                                    "public/tag/as_given", "public/tag/clipped",
+                                    "shifts/one", "shifts/tag"}
+    for name, block in out["settings"].items():
+        assert block["traces"] == (3 if name.startswith("shifts") else 4), name
+        assert block["consistent"], name  # simulate's memory efficiency is table's
+        assert set(block["means"]) == {"auto", "max_throughput"}
+        for means in block["means"].values():
+            assert set(means) == {"memory_efficiency", "retries", "cores_efficiency",
+                                  "disk_efficiency"}
+            assert 0 < means["memory_efficiency"] <= 1
+        assert block["auto_vs_max_throughput"]["efficiency_ratio"] > 1, name
+    assert set(out["targets"]) == {"one", "tag", "retries", "cores_disk", "shifts",
+                                   "beats_max_throughput"}
+    assert all(t["pass"] in (True, False) for t in out["targets"].values())

@@ -240,7 +240,7 @@ def test_ladder_beats_the_best_work_queue_mode() -> None:
     its default category-steady-n-tasks (25) and at Parsl's autolabel_window (1): higher
     mean memory efficiency, no more retries on average. (Two seeds here for the
     probabilistic modes to stay quick; docs/allocation.md has the ten-seed table.)"""
-    wq = [m for m in M if m is not M.LADDER]
+    wq = [m for m in M if m not in (M.LADDER, M.AUTO)]  # Work Queue's modes
     _, res25 = table(WORKLOADS, modes=[*wq, M.LADDER], seeds=(0, 1), steady_n=25, jobs=2)
     _, res1 = table(WORKLOADS, modes=(M.MAX, M.MIN_WASTE, M.MAX_THROUGHPUT), steady_n=1,
                     jobs=2)

@@ -12,7 +12,8 @@ tasks use the copy with the lowest recent cost (:data:`SELECTION_HALF_LIFE`),
 so a stationary workload keeps its whole history and a shifting one is
 followed within tens of tasks.
 
-Cold start never takes the whole worker. A category with no completions uses
+Cold start never takes the whole worker. A category with no completions starts
+from its ``first_guess`` if it has one (doubling what is exceeded), else uses
 the ladder of every ``auto`` category's peaks pooled (:class:`Pool`; one per
 manager or simulation), and mixes that pool into its own distribution while
 it has few tasks (weight :data:`PRIOR_WEIGHT` / (n + :data:`PRIOR_WEIGHT`)).
@@ -57,9 +58,6 @@ SELECTION_MARGIN = 0.02
 #: Price of one retry in the ladder's objective, per resource (cores, memory, disk, gpus),
 #: as a fraction of the mean peak x the task's time, on top of the failed attempt's charge.
 RETRY_COST = (2.0, 0.3, 2.0, 2.0)
-#: A new largest peak comes with probability about 1 / (n + 1): the ladder is fitted with
-#: that much mass at this factor x the largest peak seen.
-TAIL = 1.1
 #: Levels above the ladder's top, as factors of the top (then the worker).
 BEYOND = (1.25, 2.5, 10.0)
 #: The cold-start probe per resource (cores, memory MB, disk MB, gpus), doubled on each
@@ -225,13 +223,14 @@ class _Peaks:
 
 
 def _fit(dist: _Dist, tail_mass: float, retry_cost: float) -> list[int]:
-    """The ladder of a distribution, with ``tail_mass`` at :data:`TAIL` x its largest value."""
+    """The ladder of a distribution, ``tail_mass`` of it above every value seen (a new
+    largest peak comes with probability about 1 / (n + 1): it climbs every level)."""
     values, weights, beyond = dist
     if not values:
         return []
     if tail_mass > 0:
-        weights = [w * (1.0 - tail_mass) for w in weights] + [tail_mass]
-        values = [*values, values[-1] * TAIL]
+        weights = [w * (1.0 - tail_mass) for w in weights]
+        beyond = beyond * (1.0 - tail_mass) + tail_mass
     mean = sum(v * w for v, w in zip(values, weights, strict=True))
     return [math.ceil(v) for v in ladder_levels(values, weights, retry_cost * mean, beyond)]
 
@@ -384,9 +383,10 @@ class AutoStrategy:
         """The levels a task climbs, in order, ending at the top."""
         sh = self._shared
         top = sh.top(r, worker)
-        ladder = self._learners[r].ladder()
+        learner = self._learners[r]
+        guess = self._guess[r] if self._guess is not None else None
+        ladder = learner.ladder() if learner.n or guess is None else []
         if not ladder:
-            guess = self._guess[r] if self._guess is not None else None
             start = guess if guess is not None else PROBE[r]
             if r == GPUS and start <= 0:
                 return [0, top]
@@ -415,7 +415,7 @@ class AutoStrategy:
 
     def learn(self, measured: Sequence[int], wall: float, exhausted: bool,
               gave_up: bool) -> bool:
-        w = wall if wall > 0 else 1.0
+        w = max(wall, 1e-3)  # a task of no measurable time still counts, a little
         changed = False
         for r, learner in self._learners.items():
             if not exhausted:
