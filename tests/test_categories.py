@@ -611,10 +611,11 @@ def test_stats_are_json(mode: AllocationMode) -> None:
     assert s["tasks_recorded"] == 12 and s["exhausted"] == 1
     assert s["max_seen"]["memory"] == 99999
     assert {"explicit_max", "explicit_min", "typical_wall_time_s"} <= set(s)
-    own = {"steady", "first_allocation", "buckets", "ladder"} & set(s)
+    own = {"steady", "first_allocation", "buckets", "ladder", "half_life"} & set(s)
     assert own == {M.FIXED: set(), M.GREEDY_BUCKETING: {"buckets"},
                    M.EXHAUSTIVE_BUCKETING: {"buckets"},
-                   M.LADDER: {"ladder"}}.get(mode, {"steady", "first_allocation"})
+                   M.LADDER: {"ladder"}, M.AUTO: {"ladder", "half_life"}}.get(
+                       mode, {"steady", "first_allocation"})
 
 
 # ------------------------------------------------------------- the allocation now
