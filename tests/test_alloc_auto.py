@@ -411,6 +411,34 @@ def test_manager_categories_share_one_pool() -> None:
         Resources(1, 1000, 1000, None)
 
 
+def test_queued_tasks_of_a_cold_category_follow_the_pool() -> None:
+    """Tasks of "b" queued before anything was learned are sized anew when "a" learns:
+    the pooled peaks are what a cold category uses (the queue's remembered shape and the
+    category's current allocation are both renewed)."""
+    s = ManagerState(validate=True, default_category=AUTO)
+    s.add_worker("w0", Resources(1, 64000, 64000, 0), now=0)
+    s.submit(0, NOTHING, now=0, category="a")
+    s.submit(1, NOTHING, now=0, category="b")
+    (a,) = s.schedule(now=0)  # one core: "b" waits
+    assert a.allocation == Resources(1, 1000, 1000, 0)
+    assert s.category("b").current_allocation(BIG) == Resources(1, 1000, 1000, None)
+    s.result(0, a.attempt, Outcome.SUCCEEDED, now=1, measured=Resources(1, 100, 10, 0),
+             wall_time=5.0)
+    assert s.category("b").current_allocation(BIG) == Resources(1, 100, 10, None)
+    (b,) = s.schedule(now=1)
+    assert b.allocation == Resources(1, 100, 10, 0)
+
+
+def test_a_task_that_used_nothing_measurable_does_not_jump_to_the_worker() -> None:
+    """Peaks of 0 MB give a ladder [0] (a 1 MB request); above it the retry climbs from
+    the probe (1.25 x 1000 MB), not to the whole worker."""
+    cat = Category("z", AUTO, pool=Pool())
+    for i in range(50):
+        run_task(cat, (1, 0, 0, 0), i)
+    assert first(cat).memory == 1
+    assert retry_memory(cat, 2) == 1250
+
+
 # ------------------------------------------------------------------ the targets
 #: The public traces of the quick check: the four of the brief's example, and normal_large,
 #: where max_throughput retries most (1014 retries to auto's 180 per setting). On the other

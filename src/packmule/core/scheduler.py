@@ -176,7 +176,9 @@ class ManagerState:
         self.categories: dict[str, Category] = {}
         self.default_category = default_category or CategoryConfig()
         #: What ``auto`` categories share: every one's peaks (a new category's prior).
-        self._pool = Pool()
+        self._peaks = Pool()
+        #: ``auto`` categories that have learned nothing yet: they use the pooled peaks.
+        self._cold: set[str] = set()
         self.validate = validate
         self.prefetch = prefetch
         self.waiting = WaitingTasks(self.tasks)
@@ -232,7 +234,7 @@ class ManagerState:
     # ------------------------------------------------------------ categories
     def configure_category(self, name: str, config: CategoryConfig) -> None:
         """Set a category's allocation policy (before its tasks arrive, or it starts afresh)."""
-        self.categories[name] = Category(name, config, seed=_seed(name), pool=self._pool)
+        self.categories[name] = self._new_category(name, config)
         self._short.pop(name, None)
         self._epochs[name] = self._epochs.get(name, 0) + 1
         self._relearn.add(name)
@@ -241,8 +243,15 @@ class ManagerState:
     def category(self, name: str) -> Category:
         cat = self.categories.get(name)
         if cat is None:
-            cat = self.categories[name] = Category(name, self.default_category, seed=_seed(name),
-                                                       pool=self._pool)
+            cat = self.categories[name] = self._new_category(name, self.default_category)
+        return cat
+
+    def _new_category(self, name: str, config: CategoryConfig) -> Category:
+        cat = Category(name, config, seed=_seed(name), pool=self._peaks)
+        if config.mode is AllocationMode.AUTO:
+            self._cold.add(name)
+        else:
+            self._cold.discard(name)
         return cat
 
     def request_of(self, t: TaskRecord) -> Resources:
@@ -495,6 +504,13 @@ class ManagerState:
 
     def _learned(self, cat: Category) -> None:
         """A category recorded an attempt: what its queues ask for may have changed."""
+        if cat.mode is AllocationMode.AUTO and cat.tasks_recorded:
+            # the pooled peaks may have changed: categories still cold ask anew
+            self._cold.discard(cat.name)
+            for name in self._cold:
+                self.categories[name].borrowed_changed()
+                self._epochs[name] = self._epochs.get(name, 0) + 1
+                self._relearn.add(name)
         wall = cat.typical_wall_time()
         short = wall is not None and wall < PREFETCH_WALL_TIME
         if cat.mode is not AllocationMode.FIXED or short != self._short.get(cat.name, False):

@@ -306,7 +306,8 @@ def _set_limit(path: str, limit: int | None) -> None:
 def _charged(limit_file: str, default: int) -> int:
     """What the cgroup of ``limit_file`` is charged now (``default`` if unreadable)."""
     try:
-        with open(limit_file.replace("limit_in_bytes", "usage_in_bytes"), "rb") as f:
+        usage = os.path.join(os.path.dirname(limit_file), "memory.usage_in_bytes")
+        with open(usage, "rb") as f:
             return int(f.read())
     except (OSError, ValueError):
         return default
@@ -524,10 +525,11 @@ def execute(req: Run, started: Callable[[int], None], proc: RunnerState) -> Done
     started(baseline)
     if limit_file and limit:
         try:
-            # from what the group is charged now: it is charged less than the resident set
-            # (file pages, what the runner touched before joining it), and a limit from
-            # the resident set would let the task go that much over its allocation
-            _set_limit(limit_file, _charged(limit_file, baseline) + limit)
+            # from what the group is charged now when that is less than the resident set
+            # (file pages, what the runner touched before joining it): a limit from the
+            # resident set would let the task go that much over its allocation. Not from
+            # more: page cache earlier tasks left in the group is reclaimed first.
+            _set_limit(limit_file, min(_charged(limit_file, baseline), baseline) + limit)
         except OSError:  # the group already holds more than the task may use
             return Done("exhausted", b"", -1, b"", b"", 0.0, limit + 1, baseline, baseline,
                         0.0, 0, 0, 0, 0)

@@ -21,9 +21,11 @@ The very first category probes: :data:`PROBE` (1 core, 1,000 MB, 1,000 MB),
 doubling on each exhaustion, up to the worker. Above a ladder's top a retry
 climbs :data:`BEYOND` (1.25x, 2.5x, 10x the top), then the worker.
 
-Memory is the resource laddered finely; cores, disk and GPUs carry a high price
-per retry (:data:`RETRY_COST`), since exhausting any of them wastes a whole
-attempt of every resource: their ladders are in effect "the largest peak seen".
+Memory is the resource laddered finely; cores and disk carry a high price per
+retry (:data:`RETRY_COST`), since exhausting either wastes a whole attempt of
+every resource: their ladders are in effect "the largest peak seen". GPUs are
+not learned (workers do not measure them): the task's or the category's value,
+else the box rule's share.
 """
 
 from __future__ import annotations
@@ -61,7 +63,8 @@ RETRY_COST = (2.0, 0.3, 2.0, 2.0)
 #: Levels above the ladder's top, as factors of the top (then the worker).
 BEYOND = (1.25, 2.5, 10.0)
 #: The cold-start probe per resource (cores, memory MB, disk MB, gpus), doubled on each
-#: exhaustion up to the worker.
+#: exhaustion up to the worker; also the least base of the levels above a ladder's top.
+#: (GPUs are not learned: workers do not measure them.)
 PROBE = (1, 1000, 1000, 0)
 #: A category's own distribution is mixed with the pool's with weight n / (n + this).
 PRIOR_WEIGHT = 3.0
@@ -114,8 +117,6 @@ def ladder_levels(values: Sequence[float], weights: Sequence[float],
     parent = [0] * n
     for i, x in enumerate(values):
         last = len(slopes) - 1
-        if head > last:
-            head = last
         best = slopes[head] * x + icepts[head]
         while head < last:
             nxt = slopes[head + 1] * x + icepts[head + 1]
@@ -377,7 +378,8 @@ class AutoStrategy:
         pool = shared.pool if isinstance(shared.pool, Pool) else None
         guess = shared.config.first_guess
         self._guess = None if guess is None else guess.astuple()
-        self._learners = {r: _Learner(r, pool) for r in shared.labelled}
+        # GPUs are not measured: a category's GPUs come from its tasks or its max
+        self._learners = {r: _Learner(r, pool) for r in shared.labelled if r != GPUS}
 
     def _levels(self, r: int, worker: Sequence[int]) -> list[int]:
         """The levels a task climbs, in order, ending at the top."""
@@ -387,12 +389,13 @@ class AutoStrategy:
         guess = self._guess[r] if self._guess is not None else None
         ladder = learner.ladder() if learner.n or guess is None else []
         if not ladder:
-            start = guess if guess is not None else PROBE[r]
-            if r == GPUS and start <= 0:
-                return [0, top]
+            start = guess if guess else PROBE[r]
             return [sh.cap(r, a, worker) for a in _probe(start, top)]
         levels = [sh.cap(r, a, worker) for a in ladder]
-        levels += [sh.cap(r, ladder[-1] * f, worker) for f in BEYOND]
+        # above the top: by factors of it, and at least of the probe (a top of 0 or 1 MB,
+        # a task that used nothing measurable, must not jump to the whole worker)
+        base = max(ladder[-1], PROBE[r])
+        levels += [sh.cap(r, base * f, worker) for f in BEYOND]
         return [*levels, top]
 
     def first(self, worker: Sequence[int]) -> Vals:

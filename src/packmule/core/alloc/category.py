@@ -89,6 +89,11 @@ class Category:
     def attempts_recorded(self) -> int:
         return self._attempts
 
+    def borrowed_changed(self) -> None:
+        """What the category borrows from others (the pool of peaks, while it has none
+        of its own) changed: its allocation may have too."""
+        self._allocation_epoch += 1
+
     @property
     def allocation_epoch(self) -> int:
         """A number that changes whenever :meth:`current_allocation` may answer otherwise
