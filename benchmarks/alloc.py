@@ -66,6 +66,7 @@ from typing import Any
 from packmule.core.alloc import AllocationMode, BucketCache, CategoryConfig
 from packmule.sim import shifts
 from packmule.sim.alloc import PHUNG_MACHINE, PROBABILISTIC, load_trace, simulate, table
+from packmule.sim.alloc import _positive as positive_int
 
 #: --quick: the public traces and the shift traces run.
 QUICK_PUBLIC = ("bimodal_small_std", "trimodal_small_std", "uniform_same", "normal_small")
@@ -103,27 +104,17 @@ def _modes(text: str) -> tuple[AllocationMode, ...]:
     return tuple(dict.fromkeys(modes))
 
 
-def _positive(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {v}")
-    return v
-
-
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
-    p.add_argument("--jobs", type=_positive, default=1, help="worker processes (default 1)")
-    p.add_argument("--seeds", type=_positive, default=None,
+    p.add_argument("--jobs", type=positive_int, default=1, help="worker processes (default 1)")
+    p.add_argument("--seeds", type=positive_int, default=None,
                    help="seeds 0..K-1 for the probabilistic modes (default 10; 2 with --quick)")
     p.add_argument("--quick", action="store_true",
                    help=f"only {', '.join(QUICK_PUBLIC)} and the shift traces "
                         f"{', '.join(QUICK_SHIFTS)}")
     p.add_argument("--modes", type=_modes, default=tuple(AllocationMode), metavar="M1,M2,...",
                    help="the modes to run (default: all)")
-    p.add_argument("--steady-n", type=_positive, default=25, metavar="N",
+    p.add_argument("--steady-n", type=positive_int, default=25, metavar="N",
                    help="Work Queue's category-steady-n-tasks for the histogram modes (25)")
     p.add_argument("--workloads", metavar="DIR",
                    help="folder of the public traces (default: found as packmule sim shifts "

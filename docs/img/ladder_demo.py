@@ -37,41 +37,8 @@ CATEGORY = "ladder"
 WORKER_MB = 300
 MB = 1 << 20
 
-#: Every task's body (tests/test_alloc_live.py), run by the builtin ``exec`` with its
-#: parameters as globals: ``size`` (bytes added at the peak), ``duration`` (s), ``gap``
-#: (bytes kept below the allocation until the end), ``over`` (bytes past the allocation
-#: an attempt that does not fit grows to), ``lead`` (s before the end when it grows),
-#: ``patience`` (s such an attempt waits to be killed by the worker's poll).
-TASK = """
-import mmap, os, time
-end = time.monotonic() + duration
-limit = int(os.environ.get("MEMORY") or 0) * 1048576
-if limit and size > limit:
-    size = limit + over
-early = size if not limit else max(0, min(size, limit - gap))
-early -= early % 4096
-
-
-def touch(buf, lo, hi):
-    if hi <= lo:
-        return
-    try:
-        buf.madvise(23, lo, hi - lo)  # MADV_POPULATE_WRITE (Linux 5.14)
-    except (OSError, ValueError):
-        for off in range(lo, hi, 4096):
-            buf[off] = 1
-        buf[hi - 1] = 1
-
-
-buf = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-touch(buf, 0, early)
-time.sleep(max(0.0, end - lead - time.monotonic()))
-touch(buf, early, size)
-if limit and size > limit:
-    time.sleep(patience)
-buf.close()
-time.sleep(max(0.0, end - time.monotonic()))
-"""
+sys.path.insert(0, str(HERE.parent.parent))  # the repository root: its tests package
+from tests.test_alloc_live import TASK  # noqa: E402  (every task's body, shared)
 
 
 @dataclass
