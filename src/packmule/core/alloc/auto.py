@@ -68,6 +68,10 @@ BEYOND = (1.25, 2.5, 10.0)
 PROBE = (1, 1000, 1000, 0)
 #: A category's own distribution is mixed with the pool's with weight n / (n + this).
 PRIOR_WEIGHT = 3.0
+#: The pool is summarised in at most this many points (quantiles of its mass) ...
+POOL_POINTS = 64
+#: ... renewed when its peaks have grown by this fraction.
+POOL_REFRESH = 0.05
 #: Past this many completions of its own, a category no longer looks at the pool.
 PRIOR_UNTIL = 60
 #: A copy's ladder is recomputed after this fraction of min(n, half-life) new completions.
@@ -250,24 +254,66 @@ def _mix(own: _Dist, pool: _Dist, share: float) -> _Dist:
 
 
 class Pool:
-    """Every ``auto`` category's completed peaks, per resource (the cold start's prior)."""
+    """Every ``auto`` category's completed peaks, per resource (the cold start's prior).
 
-    __slots__ = ("_ladders", "peaks")
+    What categories read is a summary (:meth:`distribution`): at most
+    :data:`POOL_POINTS` points, renewed when the pooled peaks have grown by
+    :data:`POOL_REFRESH`, so a new category's first tasks cost little however many
+    peaks the pool holds."""
+
+    __slots__ = ("_summaries", "peaks")
 
     def __init__(self) -> None:
         self.peaks = [_Peaks(None) for _ in FIELDS]
-        self._ladders: dict[int, list[int]] = {}
+        #: per resource: (peaks counted, the summary, its ladder)
+        self._summaries: dict[int, tuple[int, _Dist, list[int]]] = {}
 
     def add(self, r: int, value: int, weight: float) -> None:
         self.peaks[r].add(value, weight)
-        self._ladders.pop(r, None)
+
+    def _summary(self, r: int) -> tuple[_Dist, list[int]]:
+        n = self.peaks[r].n
+        got = self._summaries.get(r)
+        if got is None or n >= got[0] * (1.0 + POOL_REFRESH) + 1:
+            dist = _quantiles(self.peaks[r].distribution(), POOL_POINTS)
+            got = self._summaries[r] = (n, dist, _fit(dist, 0.0, RETRY_COST[r]))
+        return got[1], got[2]
+
+    def distribution(self, r: int) -> _Dist:
+        """The pooled peaks of resource ``r``, summarised."""
+        return self._summary(r)[0]
 
     def ladder(self, r: int) -> list[int]:
         """The ladder of the pooled peaks of resource ``r`` ([] before any)."""
-        got = self._ladders.get(r)
-        if got is None:
-            got = self._ladders[r] = _fit(self.peaks[r].distribution(), 0.0, RETRY_COST[r])
-        return got
+        return self._summary(r)[1]
+
+
+def _quantiles(dist: _Dist, points: int) -> _Dist:
+    """At most ``points`` values of ``dist``: each the largest of a slice of 1/points of
+    its mass, weighing that slice (the largest value is kept exactly)."""
+    values, weights, beyond = dist
+    if len(values) <= points:
+        return dist
+    out_v: list[float] = []
+    out_w: list[float] = []
+    total = sum(weights)
+    step = total / points
+    acc = 0.0
+    mark = step
+    held = 0.0
+    for v, w in zip(values, weights, strict=True):
+        acc += w
+        held += w
+        if acc >= mark - 1e-12 * total:
+            out_v.append(v)
+            out_w.append(held)
+            held = 0.0
+            while mark <= acc + 1e-12 * total:
+                mark += step
+    if held > 0:
+        out_v.append(values[-1])
+        out_w.append(held)
+    return out_v, out_w, beyond
 
 
 class _Copy:
@@ -342,7 +388,7 @@ class _Learner:
         pool = self.pool
         if pool is None or self.n >= PRIOR_UNTIL or pool.peaks[self.r].n <= self.n:
             return None
-        return pool.peaks[self.r].distribution()
+        return pool.distribution(self.r)
 
     def _refit(self, c: _Copy, prior: _Dist | None) -> None:
         own = c.peaks.distribution()
