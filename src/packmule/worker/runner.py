@@ -525,11 +525,10 @@ def execute(req: Run, started: Callable[[int], None], proc: RunnerState) -> Done
     started(baseline)
     if limit_file and limit:
         try:
-            # from what the group is charged now when that is less than the resident set
-            # (file pages, what the runner touched before joining it): a limit from the
-            # resident set would let the task go that much over its allocation. Not from
-            # more: page cache earlier tasks left in the group is reclaimed first.
-            _set_limit(limit_file, min(_charged(limit_file, baseline), baseline) + limit)
+            # from what the group is charged now: it is charged less than the resident set
+            # (file pages, what the runner touched before joining it), and a limit from
+            # the resident set would let the task go that much over its allocation
+            _set_limit(limit_file, _charged(limit_file, baseline) + limit)
         except OSError:  # the group already holds more than the task may use
             return Done("exhausted", b"", -1, b"", b"", 0.0, limit + 1, baseline, baseline,
                         0.0, 0, 0, 0, 0)
