@@ -303,16 +303,6 @@ def _set_limit(path: str, limit: int | None) -> None:
         os.close(fd)
 
 
-def _charged(limit_file: str, default: int) -> int:
-    """What the cgroup of ``limit_file`` is charged now (``default`` if unreadable)."""
-    try:
-        usage = os.path.join(os.path.dirname(limit_file), "memory.usage_in_bytes")
-        with open(usage, "rb") as f:
-            return int(f.read())
-    except (OSError, ValueError):
-        return default
-
-
 # ---------------------------------------------------------------- a task's processes
 
 
@@ -510,8 +500,8 @@ def execute(req: Run, started: Callable[[int], None], proc: RunnerState) -> Done
     The call is unpickled first, so the modules it imports into this warm
     interpreter are not billed to the task; then ``started`` gets the
     runner's resident set, the baseline the task's memory is measured from,
-    and the runner's cgroup (``limit_file``) is limited to what it is charged
-    then plus the task's ``memory_limit`` bytes. When the task has ended, the processes it
+    and the runner's cgroup (``limit_file``) is limited to baseline plus the
+    task's ``memory_limit`` bytes. When the task has ended, the processes it
     left running are killed.
     """
     sandbox, env = req.sandbox, req.env
@@ -525,10 +515,7 @@ def execute(req: Run, started: Callable[[int], None], proc: RunnerState) -> Done
     started(baseline)
     if limit_file and limit:
         try:
-            # from what the group is charged now: it is charged less than the resident set
-            # (file pages, what the runner touched before joining it), and a limit from
-            # the resident set would let the task go that much over its allocation
-            _set_limit(limit_file, _charged(limit_file, baseline) + limit)
+            _set_limit(limit_file, baseline + limit)
         except OSError:  # the group already holds more than the task may use
             return Done("exhausted", b"", -1, b"", b"", 0.0, limit + 1, baseline, baseline,
                         0.0, 0, 0, 0, 0)
