@@ -113,6 +113,27 @@ def test_channel_carries_whole_messages_of_any_size() -> None:
         right.send_bytes(b"late")
 
 
+def test_a_long_message_calls_back_between_its_chunks() -> None:
+    """The worker heartbeats while a runner takes a task's large argument: the callback
+    runs between chunks of SEND_CHUNK bytes, and the parts arrive joined, in order."""
+    from packmule.worker.runner import SEND_CHUNK
+
+    left, right = pair()
+    parts = [b"head", os.urandom(3 * SEND_CHUNK + 5), b"", b"tail"]
+    calls: list[int] = []
+    sender = threading.Thread(
+        target=lambda: left.send_bytes(parts, between=lambda: calls.append(1)))
+    sender.start()
+    got = bytes(right.recv_bytes())
+    sender.join()
+    assert got == b"".join(parts)
+    assert len(calls) >= 3  # at least once per whole chunk written before the end
+    left.send_bytes(b"short", between=lambda: calls.append(2))
+    assert right.recv_bytes() == b"short" and 2 not in calls  # one write: no call
+    left.close()
+    right.close()
+
+
 def test_channel_speaks_the_framing_of_multiprocessing_connection() -> None:
     """Same bytes on the wire: a runner of either kind can talk to a worker of either."""
     from multiprocessing.connection import Connection

@@ -25,9 +25,10 @@ from packmule.task import File
 from .conftest import ClusterFactory, connected, wait_until
 
 MB = 1_000_000
-#: Shorter than moving 300 MB here (5-9 s), with room for the pauses that are not
-#: the wire's: the loop reading the job from the user's process and the worker
-#: decoding it (up to about 1.8 s on a busy 2-core machine).
+#: Shorter than moving 300 MB here (3-15 s), with room for the pauses that are not
+#: the wire's: the loop reading the job from the user's process, and the worker
+#: decoding it (up to about 2.5 s when this machine is slow to give a process fresh
+#: memory; the worker heartbeats while its runner takes the task).
 LEASE = {"heartbeat_interval": 0.4, "lease": 4.0}
 
 

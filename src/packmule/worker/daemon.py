@@ -534,6 +534,9 @@ class Worker:
         self._runner_count = 0
         self._seq = 0
         self.welcomed = False
+        #: Seconds between heartbeats (the manager's, once welcomed) and the last one.
+        self._beat_every = 1.0
+        self._beat_at = time.monotonic()
         #: Messages from the manager that come in pieces, joined (at most MAX_MESSAGE).
         self.incoming = pieces.Incoming()
         try:
@@ -584,16 +587,15 @@ class Worker:
             if len(frames) != 2:
                 raise ProtocolError("a Piece without its data frame")
             whole = self.incoming.add(msg, frames[1].buffer)
-            if whole is not None:
-                msg = m.decode(whole)
-                if isinstance(msg, (m.Piece, m.PutPack)):  # (they have a frame of their own)
-                    raise ProtocolError(f"a {type(msg).__name__} sent in pieces")
-            ack = self.incoming.ack()  # (once decoded: what the manager then waits
-            # through without a word from this worker is only the task's hand-off)
+            ack = self.incoming.ack()  # (before decoding: a 300 MB message takes seconds
+            # to decode on a busy machine, and the manager must hear from this worker)
             if ack is not None:
                 self._send(ack)
             if whole is None:
                 return None
+            msg = m.decode(whole)
+            if isinstance(msg, (m.Piece, m.PutPack)):  # (they have a frame of their own)
+                raise ProtocolError(f"a {type(msg).__name__} sent in pieces")
         if not isinstance(msg, _FROM_MANAGER):
             raise ProtocolError(f"a {type(msg).__name__}, which managers do not send")
         if isinstance(msg, m.PutPack) and len(frames) != 2:
@@ -607,9 +609,8 @@ class Worker:
         poller.register(self._sig, zmq.POLLIN)
         poller.register(self.packs.fileno(), zmq.POLLIN)
         connect_deadline = time.monotonic() + self.connect_timeout
-        heartbeat = 1.0
         lease = 30.0
-        last_heard = last_beat = last_busy = time.monotonic()
+        last_heard = last_busy = time.monotonic()
         by_fd: dict[int, tuple[int, int]] = {}
         while True:
             now = time.monotonic()
@@ -619,7 +620,7 @@ class Worker:
                 wake = min(connect_deadline, self._notice_at or connect_deadline)
             else:
                 watch = [r.wake_at() for r in self.slots.running.values()]
-                wake = min([last_beat + heartbeat, last_heard + lease, *watch])
+                wake = min([self._beat_at + self._beat_every, last_heard + lease, *watch])
                 if not self.slots:
                     wake = min(wake, last_busy + self.idle_timeout)
             events = dict(poller.poll(max(0, int((wake - now) * 1000)) + 1))
@@ -646,7 +647,7 @@ class Worker:
                         raise _SessionEnd(ExitCode.REJECTED, f"protocol error: {exc}") from None
                     if isinstance(msg, m.Welcome):
                         self.welcomed = True
-                        heartbeat, lease = msg.heartbeat_interval, msg.lease
+                        self._beat_every, lease = msg.heartbeat_interval, msg.lease
                         log.info("connected to manager %s:%d (packmule %s)",
                                  self.host, self.port, msg.version)
                         self._warm_runners()
@@ -712,11 +713,18 @@ class Worker:
                 raise _SessionEnd(None, f"no message from the manager for {lease:.0f} s")
             if not self.slots and now - last_busy > self.idle_timeout:
                 raise _SessionEnd(ExitCode.OK, f"idle for {self.idle_timeout:.0f} s")
-            if now - last_beat >= heartbeat:
-                last_beat = now
-                self._send(m.WorkerHeartbeat(len(self.slots.running)))
-                if _stragglers:
-                    reap_stragglers()
+            if self._beat(now) and _stragglers:
+                reap_stragglers()
+
+    def _beat(self, now: float) -> bool:
+        """Send a heartbeat if one is due; whether one was sent. Also called between
+        the parts of a long hand-off to a runner (a task's 300 MB argument), so the
+        manager hears from this worker however slowly the runner takes it."""
+        if not self.welcomed or now - self._beat_at < self._beat_every:
+            return False
+        self._beat_at = now
+        self._send(m.WorkerHeartbeat(len(self.slots.running)))
+        return True
 
     def _no_manager_notice(self, now: float) -> None:
         """Say, now and then, that no manager has answered yet, and what the address did."""
@@ -1011,7 +1019,7 @@ class Worker:
         }
         runner.conn.send_bytes(encode_run(Run(
             spec.kind, spec.payload, spec.command, runner.sandbox_str, env, self._seq,
-            limit_file, (alloc.memory or 0) * MB)))
+            limit_file, (alloc.memory or 0) * MB)), between=lambda: self._beat(time.monotonic()))
         sampler = TreeSampler(runner.proc.pid, now)
         runner.recorded = sampler.seen  # killed with the runner, should it come to that
         if self._debug:

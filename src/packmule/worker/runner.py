@@ -62,6 +62,20 @@ if TYPE_CHECKING:
 #: then kills the whole runner. Also the most time spent looking for a task's
 #: processes to stop (:func:`kill_descendants`) when a task or runner is killed.
 KILL_WAIT = 2.0
+#: A long message to or from a runner is written this many bytes at a time.
+SEND_CHUNK = 4 << 20
+
+
+def _first_bytes(views: list[memoryview], limit: int) -> list[memoryview]:
+    """The leading views holding at most ``limit`` bytes (the first cut to fit)."""
+    out = []
+    for v in views:
+        if len(v) >= limit:
+            out.append(v[:limit])
+            break
+        out.append(v)
+        limit -= len(v)
+    return out
 
 
 class Channel:
@@ -84,19 +98,24 @@ class Channel:
             raise OSError("the channel is closed")
         return self.fd
 
-    def send_bytes(self, data: bytes | list[bytes]) -> None:
-        """Send one message: ``data``, or the concatenation of its parts (not copied)."""
+    def send_bytes(self, data: bytes | list[bytes],
+                   between: Callable[[], object] | None = None) -> None:
+        """Send one message: ``data``, or the concatenation of its parts (not copied).
+        ``between`` is called after each :data:`SEND_CHUNK` bytes of a long message
+        (the worker's heartbeat while a runner takes a task's large argument)."""
         parts = [data] if isinstance(data, bytes) else data
         n = sum(len(p) for p in parts)
         header = struct.pack("!i", n) if n <= 0x7FFFFFFF else struct.pack("!iQ", -1, n)
         fd = self._open()
         views = [memoryview(header), *(memoryview(p) for p in parts if p)]
         while views:
-            done = os.writev(fd, views)
+            done = os.writev(fd, _first_bytes(views, SEND_CHUNK))
             while views and done >= len(views[0]):
                 done -= len(views.pop(0))
             if views:
                 views[0] = views[0][done:]
+                if between is not None:
+                    between()
 
     def recv_bytes(self, limit: int | None = None, patience: float | None = None
                    ) -> bytearray:
