@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Collection, Sequence
 
 from ...resources import FIELDS, Resources
-from .auto import AutoStrategy
+from .auto import AutoStrategy, Pool
 from .bucketing import BucketCache, BucketingStrategy
 from .config import CORES, AllocationMode, Attempt, CategoryConfig, denoise_cores, ints
 from .fixed import FixedStrategy
@@ -46,10 +46,10 @@ class Category:
     """One category's learning state and allocation policy (pure, not thread-safe)."""
 
     def __init__(self, name: str, config: CategoryConfig | None = None, seed: int = 0, *,
-                 bucket_cache: BucketCache | None = None, pool: object | None = None) -> None:
+                 bucket_cache: BucketCache | None = None, pool: Pool | None = None) -> None:
         """``bucket_cache`` may be shared between categories that see the same peaks in
         the same order (simulations over seeds): it only memoises the bucketing. ``pool``
-        is handed to the strategy, for modes that share state across categories."""
+        holds the peaks the ``auto`` categories share (the cold start's prior)."""
         self.name = name
         self.config = config if config is not None else CategoryConfig()
         self.mode = self.config.mode

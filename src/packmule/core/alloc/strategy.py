@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Protocol
 from .config import CORES, DISK, GPUS, MEMORY, CategoryConfig, Vals
 
 if TYPE_CHECKING:
+    from .auto import Pool
     from .bucketing import BucketCache
 
 __all__ = ["Shared", "Strategy"]
@@ -33,7 +34,7 @@ class Shared:
     __slots__ = ("bucket_cache", "config", "labelled", "max", "min", "pool", "seed", "seen")
 
     def __init__(self, config: CategoryConfig, seed: int, bucket_cache: BucketCache | None,
-                 pool: object | None) -> None:
+                 pool: Pool | None) -> None:
         self.config = config
         #: The resources learned (GPUs only with ``autolabel_gpus``).
         self.labelled: tuple[int, ...] = (CORES, MEMORY, DISK) + (
@@ -44,7 +45,7 @@ class Shared:
         self.seen = [0, 0, 0, 0]
         self.seed = seed
         self.bucket_cache = bucket_cache
-        #: Shared across categories, for the modes that want it (None: not shared).
+        #: The peaks every ``auto`` category shares (None: not shared).
         self.pool = pool
 
     def cap(self, r: int, value: float, worker: Sequence[int]) -> int:
