@@ -43,6 +43,20 @@ Targets (``targets``, each with its value and ``pass``):
 * ``beats_max_throughput``: auto's memory efficiency above max_throughput's on every trace
   of every setting.
 
+``learning_cost`` is what learning costs the manager's loop: per mode, microseconds
+per completed task (the next task's request and the completion's record, on a
+category fed the trace's tasks in order, all succeeding; the best of ``repeats``
+runs) on a trace whose memory peaks spread widely (``exponential``), a moderate
+one (``normal_large``) and one peak for all (``constant``, 1,000 MB), and auto's
+ratio to max_throughput on each.
+
+``ceiling`` is what no learning mode can beat with one category on the public
+traces (clipped): per trace, the optimal ladder (:func:`ladder_levels`, no retry
+price) of the trace's own peaks, scored on the same tasks (``hindsight``), and
+fitted on one half of the tasks and scored on the other, both ways, averaged
+(``two_fold``: what a mode that had seen half the trace could do at best); a
+peak above every level then costs the machine.
+
 A target whose setting or modes were not run (``--modes`` without auto or
 max_throughput) is reported with ``pass: null``. ``meets_targets`` is true when
 every target that was measured passes. Exit status 0 (also when a target is
@@ -63,7 +77,9 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from packmule.core.alloc import AllocationMode, BucketCache, CategoryConfig
+from packmule.core.alloc import AllocationMode, Attempt, BucketCache, Category, CategoryConfig, Pool
+from packmule.core.alloc.auto import ladder_levels
+from packmule.resources import Resources
 from packmule.sim import shifts
 from packmule.sim.alloc import PHUNG_MACHINE, PROBABILISTIC, load_trace, simulate, table
 from packmule.sim.alloc import _positive as positive_int
@@ -236,6 +252,85 @@ def targets(blocks: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return out
 
 
+#: The traces of ``learning_cost`` (``constant`` is made up: every task 1,000 MB).
+COST_TRACES = ("exponential", "normal_large", "constant")
+
+
+def _cost_per_task(tasks: Sequence[tuple[Resources, float]], mode: AllocationMode,
+                   repeats: int) -> float:
+    """Microseconds per task of asking a category for a task's first allocation and then
+    recording its completion, the best of ``repeats`` runs."""
+    best = float("inf")
+    worker = PHUNG_MACHINE
+    for _ in range(repeats):
+        cat = Category("bench", CategoryConfig(mode=mode), pool=Pool())
+        nothing = Resources()
+        started = time.perf_counter()
+        for key, (peak, wall) in enumerate(tasks):
+            cat.request_for(nothing, Attempt.FIRST, worker, key)
+            cat.record(peak, wall, False, task_key=key)
+        best = min(best, time.perf_counter() - started)
+    return best / len(tasks) * 1e6
+
+
+def learning_cost(source: Path, modes: Sequence[AllocationMode], repeats: int
+                  ) -> dict[str, Any]:
+    """``learning_cost``: per trace and mode, microseconds per completion."""
+    cap = PHUNG_MACHINE.astuple()
+    out: dict[str, Any] = {"unit": "us per completion", "repeats": repeats, "traces": {}}
+    for name in COST_TRACES:
+        if name == "constant":
+            tasks = [(Resources(cores=1, memory=1000, disk=1000), 10.0)] * 2000
+        else:
+            tasks = [(Resources(*(min(p, c or p) for p, c in zip(t.peak, cap, strict=True))),
+                      t.time) for t in load_trace(source / f"{name}.txt")]
+        out["traces"][name] = {m.value: round(_cost_per_task(tasks, m, repeats), 1)
+                               for m in modes}
+    if AllocationMode.AUTO in modes and AllocationMode.MAX_THROUGHPUT in modes:
+        out["auto_vs_max_throughput"] = {
+            name: _ratio(got[AUTO], got[XPUT]) for name, got in out["traces"].items()}
+    return out
+
+
+def _fit(tasks: Sequence[tuple[int, float]]) -> list[float]:
+    """The optimal ladder of (peak, time) tasks, no price per retry."""
+    mass: dict[int, float] = {}
+    for peak, t in tasks:
+        mass[peak] = mass.get(peak, 0.0) + t
+    values = sorted(mass)
+    total = sum(mass.values())
+    return ladder_levels(values, [mass[v] / total for v in values])
+
+
+def _score(ladder: Sequence[float], tasks: Sequence[tuple[int, float]], top: int) -> float:
+    """Memory efficiency of ``ladder`` on ``tasks`` (then ``top``), failures charged in full."""
+    used = charged = 0.0
+    for peak, t in tasks:
+        used += peak * t
+        for level in [*ladder, top]:
+            charged += level * t
+            if level >= peak:
+                break
+    return used / charged
+
+
+def ceiling(public: Path) -> dict[str, Any]:
+    """``ceiling``: the best fixed ladder per trace, in hindsight and two-fold."""
+    top = PHUNG_MACHINE.memory or 0
+    per: dict[str, dict[str, float]] = {}
+    for path in sorted(public.glob("*.txt")):
+        tasks = [(min(t.peak[1], top), t.time) for t in load_trace(path)]
+        half = len(tasks) // 2
+        a, b = tasks[:half], tasks[half:]
+        per[path.stem] = {
+            "hindsight": round(_score(_fit(tasks), tasks, top), 4),
+            "two_fold": round((_score(_fit(a), b, top) + _score(_fit(b), a, top)) / 2, 4)}
+    return {"one_category": {
+        "hindsight": round(_mean([v["hindsight"] for v in per.values()]), 4),
+        "two_fold": round(_mean([v["two_fold"] for v in per.values()]), 4),
+        "per_trace": per}}
+
+
 def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     source = Path(args.workloads) if args.workloads else shifts.find_source()
     if source is None or not source.is_dir():
@@ -282,6 +377,10 @@ def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         blocks[setting] = summarise(setting, tables[group, clip], per[setting],
                                     f"{{mode}} ({categories})", modes)
     tgt = targets(blocks)
+    started = time.monotonic()
+    cost = learning_cost(source, args.modes, 1 if args.quick else 3)
+    log(f"learning cost: {time.monotonic() - started:.0f} s")
+    bound = ceiling(public)
     return {
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
                     "python": platform.python_version(), "load_avg": os.getloadavg()},
@@ -291,6 +390,8 @@ def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
                    "shift_traces": [s.name for s in chosen],
                    "simulated_machine": PHUNG_MACHINE.as_dict()},
         "settings": blocks,
+        "learning_cost": cost,
+        "ceiling": bound,
         "targets": tgt,
         "meets_targets": all(t["pass"] is not False for t in tgt.values()),
     }

@@ -322,7 +322,7 @@ def one_run(args: argparse.Namespace, tmp: Path, name: str, faults: bool,
         fleet.stopped.clear()
         if veth is not None and veth.is_cut:
             veth.heal()
-        wait_until(lambda: manager.stats().workers == len(fleet.alive()), 30)
+        joined = wait_until(lambda: manager.stats().workers == len(fleet.alive()), 30)
         stats = manager.stats()
     finally:
         manager.shutdown()
@@ -351,6 +351,9 @@ def one_run(args: argparse.Namespace, tmp: Path, name: str, faults: bool,
         workers_started=len(fleet.procs),
         workers_joined=stats.workers_joined,
         workers_lost=stats.workers_lost,
+        # (a worker not connected when the manager shuts down keeps trying to reconnect
+        # until its --connect-timeout: whether every live one had joined says which)
+        workers_joined_before_shutdown=joined,
         workers_exited_on_shutdown=exited,
         workers_terminated=terminated,
     )

@@ -65,7 +65,7 @@ def test_reliability_quick_loses_nothing_and_leaves_nothing_running() -> None:
     assert out["fault_free"]["faults"] == {} and out["slowdown"] > 0
     for run in (out["fault_free"], out["faulty"]):
         assert run["delivered_never"] == run["never_executed"] == 0
-        assert run["workers_exited_on_shutdown"]
+        assert run["workers_exited_on_shutdown"], run
 
 
 @pytest.mark.slow
@@ -98,3 +98,13 @@ def test_alloc_quick_reports_every_setting_and_target() -> None:
     assert set(out["targets"]) == {"one", "tag", "retries", "cores_disk", "shifts",
                                    "beats_max_throughput"}
     assert all(t["pass"] in (True, False) for t in out["targets"].values())
+    cost = out["learning_cost"]
+    assert set(cost["traces"]) == {"exponential", "normal_large", "constant"}
+    for per_mode in cost["traces"].values():
+        assert set(per_mode) == {"auto", "max_throughput"}
+        assert all(us > 0 for us in per_mode.values())
+    assert set(cost["auto_vs_max_throughput"]) == set(cost["traces"])
+    bound = out["ceiling"]["one_category"]
+    assert len(bound["per_trace"]) == 4
+    for trace, got in bound["per_trace"].items():
+        assert 0 < got["two_fold"] <= 1 and 0 < got["hindsight"] <= 1, trace
