@@ -6,6 +6,11 @@ heartbeats or other workers' tasks."""
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
+import mmap
+import os
+import select
+import signal
 import socket
 import time
 from multiprocessing.connection import Connection
@@ -98,6 +103,146 @@ def test_other_workers_tasks_and_heartbeats_flow_during_a_large_transfer(
     print(f"{len(latencies)} small tasks during the large one; slowest "
           f"{max(latencies):.2f} s")
     assert len(latencies) >= 3 and max(latencies) < LEASE["lease"]
+
+
+def held_a_while(data: bytes, seconds: float) -> tuple[int, int, int]:
+    """A task that holds its large argument long enough for its worker to be killed."""
+    time.sleep(seconds)
+    return checksum(data)
+
+
+@pytest.mark.skipif(not hasattr(os, "memfd_create"), reason="no memfd on this system")
+def test_a_large_call_reaches_the_loop_in_shared_memory() -> None:
+    """A call of SHARED_PAYLOAD bytes or more crosses as a descriptor after its Submit:
+    the loop maps the Manager's pages (read-only) instead of reading them from the socket,
+    and no descriptor is left open on either side."""
+    a, b = socket.socketpair()
+    ours, theirs = Connection(a.detach()), Connection(b.detach())
+    payload = make_bytes(ipc.SHARED_PAYLOAD + 17)
+    fds_before = len(os.listdir("/proc/self/fd"))
+    fd = ipc.share(payload)
+    assert fd is not None
+    job = ipc.Submit(7, "python", b"", "", Resources(), "c", 0.0, None, None, (), (), 0.0,
+                     None, "f", shared=True)
+    ours.send(ipc.encode(job))
+    ipc.send_shared(ours, fd)
+    os.close(fd)
+    got = ipc.decode(theirs.recv())
+    assert isinstance(got, ipc.Submit) and got.shared and got.payload == b""
+    mapped = ipc.receive_shared(theirs)
+    # (no temporaries of pytest's assertions may keep the mapping alive)
+    whole = mapped.readonly and len(mapped) == len(payload) and mapped == payload
+    is_mapped = isinstance(mapped.obj, mmap.mmap)  # the pages, not a copy
+    assert whole and is_mapped
+    # ... which the worker is sent as they are: the encoding is that of the bytes
+    spec = m.TaskSpec(7, 1, "python", mapped, "", {"cores": 1, "memory": 0, "disk": 0,  # type: ignore[arg-type]
+                      "gpus": 0}, {}, [], [], 0.0, "")
+    same = m.TaskSpec(7, 1, "python", payload, "", {"cores": 1, "memory": 0, "disk": 0,
+                      "gpus": 0}, {}, [], [], 0.0, "")
+    parts = m.encode_parts(m.Dispatch([spec]), PIECE_SIZE)
+    joined = b"".join(bytes(p) for p in parts) == m.encode(m.Dispatch([same]))
+    uncopied = sum(p is mapped for p in parts)
+    assert joined and uncopied == 1
+    assert shared_in(os.getpid()) == 1  # (the mapping's own descriptor)
+    del mapped, parts, spec
+    ours.close()
+    theirs.close()
+    assert shared_in(os.getpid()) == 0
+    assert len(os.listdir("/proc/self/fd")) == fds_before - 2  # (the pair's own two)
+
+
+def test_a_large_result_goes_to_the_manager_out_of_band_without_a_copy() -> None:
+    """The loop writes a result of 1 MiB or more to the Manager from its own bytes (a
+    Buffers message, the raw frame, then the Done pickled without it); the Manager
+    reads the same message back. Smaller results and other messages go in band."""
+    a, b = socket.socketpair()
+    theirs = Connection(b.detach())
+    outbox = ipc.Outbox(a.fileno())
+    big = make_bytes(3 << 20)
+    outbox.put(ipc.Done(1, True, "python", ipc.out_of_band(big), {"worker": "w"}))
+    held = [part for part in outbox._out if isinstance(part, memoryview)]
+    uncopied = len(held) == 1 and held[0].obj is big
+    assert uncopied
+    outbox.put(ipc.Done(2, True, "python", ipc.out_of_band(b"small"), {}))
+    got: list[ipc.Message] = []
+    reader = concurrent.futures.ThreadPoolExecutor(1).submit(
+        lambda: [got.append(ipc.receive(theirs)) for _ in range(2)])
+    deadline = time.monotonic() + 30
+    while outbox.pending and time.monotonic() < deadline:
+        select.select([], [a], [], 1.0)  # writable again: the reader took some
+        outbox.flush()
+    reader.result(timeout=30)
+    assert got == [ipc.Done(1, True, "python", big, {"worker": "w"}),
+                   ipc.Done(2, True, "python", b"small", {})]
+    outbox.close(1.0)
+    a.close()
+    theirs.close()
+
+
+def shared_in(pid: int) -> int:
+    """How many shared task calls process ``pid`` holds (open memfds of ipc.share)."""
+    fds = Path(f"/proc/{pid}/fd")
+    held = 0
+    for fd in fds.iterdir():
+        with contextlib.suppress(OSError):
+            held += os.readlink(fd).startswith("/memfd:packmule-task")
+    return held
+
+
+def sleepy(seconds: float) -> float:
+    time.sleep(seconds)
+    return seconds
+
+
+@pytest.mark.skipif(not hasattr(os, "memfd_create"), reason="no memfd on this system")
+def test_shared_calls_are_capped_and_released(
+    cluster: ClusterFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """At most MAX_SHARED unfinished tasks hold their call in shared memory (a descriptor
+    each in the loop); the others cross the socket; all are released as tasks end."""
+    monkeypatch.setattr(ipc, "MAX_SHARED", 2)
+    with cluster(1, cores=1) as mgr:
+        wait_until(connected(mgr, 1))
+        blocker = mgr.submit(PythonTask(sleepy, 1.0))
+        bigs = [make_bytes(ipc.SHARED_PAYLOAD + k) for k in range(4)]
+        futs = [mgr.submit(PythonTask(checksum, b)) for b in bigs]
+        assert not blocker.done()  # the four wait behind it, in the loop
+        assert shared_in(mgr.loop_pid) == 2
+        assert [f.result(timeout=60) for f in futs] == [(len(b), 7, 9) for b in bigs]
+        wait_until(lambda: shared_in(mgr.loop_pid) == 0)
+
+
+def test_a_large_call_is_sent_again_from_shared_memory_after_a_lost_worker(
+    cluster: ClusterFactory,
+) -> None:
+    """The loop keeps a shared call mapped until its task ends: when the worker running it
+    dies, the next attempt elsewhere gets the whole call again."""
+    big = make_bytes(3 * ipc.SHARED_PAYLOAD)
+    with cluster(2, cores=1) as mgr:
+        wait_until(connected(mgr, 2))
+        task = PythonTask(held_a_while, big, 3.0)
+        fut = mgr.submit(task)
+        wait_until(lambda: mgr.stats().tasks["running"] == 1)
+        status = mgr.status()
+        running = [w for w in status["workers"] if w["tasks"]]
+        assert len(running) == 1
+        victim = next(p for p in mgr.worker_processes  # type: ignore[attr-defined]
+                      if p.pid == running[0]["pid"])
+        os.kill(victim.pid, signal.SIGKILL)
+        victim.wait()
+        assert fut.result(timeout=60) == (len(big), 7, 9)
+        assert task.attempts == 2 and mgr.stats().workers_lost == 1
+
+
+def test_without_memfd_a_large_call_goes_through_the_socket(
+    cluster: ClusterFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where there is no memfd (not Linux) a large call crosses the socket as before."""
+    with cluster(1) as mgr:
+        monkeypatch.delattr(os, "memfd_create", raising=False)
+        assert ipc.share(b"x") is None
+        big = make_bytes(2 * ipc.SHARED_PAYLOAD)
+        assert mgr.submit(PythonTask(checksum, big)).result(timeout=60) == (len(big), 7, 9)
 
 
 def test_a_result_just_over_one_piece_arrives_whole(cluster: ClusterFactory) -> None:

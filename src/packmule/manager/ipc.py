@@ -5,6 +5,13 @@ Both processes are the same program, started by the Manager, so messages
 are pickled; each crosses as a plain tuple ``(tag, field, ...)``, which
 pickles about twice as fast as the named tuple itself. A message of an
 unknown tag or the wrong shape is a :class:`~packmule.errors.ProtocolError`.
+
+A task's call of :data:`SHARED_PAYLOAD` bytes or more does not cross the
+socket: the Manager writes it into an anonymous shared-memory file (a memfd)
+and passes the descriptor after its :class:`Submit` (``shared``); the loop
+maps it, and sends the worker the mapped pages. Reading 300 MB from the socket
+and unpickling them held the loop for seconds, long enough for every worker's
+lease to run out.
 """
 
 from __future__ import annotations
@@ -12,11 +19,14 @@ from __future__ import annotations
 import collections
 import contextlib
 import logging
+import mmap
 import os
 import pickle
 import socket
 import struct
 from dataclasses import dataclass
+from multiprocessing import reduction
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -96,7 +106,7 @@ class Submit(NamedTuple):
 
     id: int
     kind: str  # "python" or "shell"
-    payload: bytes
+    payload: bytes | memoryview  # (a memoryview only in the loop: see ``shared``)
     command: str
     resources: Resources
     category: str
@@ -108,6 +118,9 @@ class Submit(NamedTuple):
     timeout: float
     pack: Pack | None
     label: str  # for log messages: the function's name, or the command
+    #: The payload is not here (b""): its descriptor follows (:func:`send_shared`). In
+    #: the loop, ``payload`` is then the mapped pages (a memoryview).
+    shared: bool = False
 
 
 class Cancel(NamedTuple):
@@ -195,6 +208,13 @@ class Stopped(NamedTuple):
     error: str
 
 
+class Buffers(NamedTuple):
+    """The next ``n`` frames are raw buffers, the out-of-band data of the message after
+    them (a large result, written to the Manager without a copy in the loop)."""
+
+    n: int
+
+
 class WorkerJoined(NamedTuple):
     """A worker joined (sent only when :attr:`Config.report_joins`): ``event`` is its
     ``worker_joined`` event as the event log has it."""
@@ -203,10 +223,11 @@ class WorkerJoined(NamedTuple):
 
 
 Message = (Submit | Cancel | Call | Stop | PackBuilt | Ready | StartFailed | Log | Done
-           | Messages | Reply | Largest | Stopped | WorkerJoined)
+           | Messages | Reply | Largest | Stopped | WorkerJoined | Buffers)
 
 _TYPES: tuple[type[Any], ...] = (Submit, Cancel, Call, Stop, Ready, StartFailed, Log, Done,
-                                 Messages, Reply, Largest, Stopped, PackBuilt, WorkerJoined)
+                                 Messages, Reply, Largest, Stopped, PackBuilt, WorkerJoined,
+                                 Buffers)
 _TAGS: dict[type[Any], int] = {cls: i for i, cls in enumerate(_TYPES)}
 
 
@@ -230,6 +251,67 @@ def decode(raw: object) -> Message:
     return msg
 
 
+#: A task's call (pickled function and arguments) at least this large goes to the loop
+#: in shared memory (:func:`share`), not through the socket.
+SHARED_PAYLOAD = 1 << 20
+#: At most this many unfinished tasks have their call in shared memory (the loop holds a
+#: file descriptor for each mapping); beyond, large calls cross the socket.
+MAX_SHARED = 256
+
+
+def receive(conn: Connection) -> Message:
+    """The next message from the loop, with its out-of-band buffers (see :class:`Buffers`)."""
+    msg = decode(conn.recv())
+    if not isinstance(msg, Buffers):
+        return msg
+    buffers = [conn.recv_bytes() for _ in range(msg.n)]
+    return decode(pickle.loads(conn.recv_bytes(), buffers=buffers))
+
+
+def out_of_band(data: Any) -> Any:
+    """``data``, marked to travel to the Manager out of band (not copied into the pickle)
+    when it is bytes of at least ``_NOT_COPIED``."""
+    if type(data) is bytes and len(data) >= _NOT_COPIED:
+        return pickle.PickleBuffer(data)
+    return data
+
+
+def share(payload: bytes) -> int | None:
+    """A new memfd holding ``payload`` (the caller closes it), or None where there is no
+    memfd (not Linux): then the payload crosses the socket."""
+    if not hasattr(os, "memfd_create"):
+        return None
+    try:
+        fd = os.memfd_create("packmule-task", os.MFD_CLOEXEC)
+    except OSError:  # out of descriptors or memory: the socket still works
+        return None
+    try:
+        view = memoryview(payload)
+        while view:
+            view = view[os.write(fd, view):]
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def send_shared(conn: Connection, fd: int) -> None:
+    """Pass ``fd`` to the other end of ``conn`` (right after the message it belongs to)."""
+    reduction.send_handle(conn, fd, 0)
+
+
+def receive_shared(conn: Connection) -> memoryview:
+    """The payload whose descriptor comes next on ``conn``, mapped read-only (the pages
+    stay shared with the Manager's memfd: nothing is copied); the descriptor is closed."""
+    fd = reduction.recv_handle(conn)
+    try:
+        size = os.fstat(fd).st_size
+        return memoryview(mmap.mmap(fd, size, prot=mmap.PROT_READ)) if size else \
+            memoryview(b"")
+    finally:
+        os.close(fd)
+
+
 #: A message to the Manager at least this large is written from where it is, not copied.
 _NOT_COPIED = 1 << 20
 
@@ -248,12 +330,26 @@ class Outbox:
         self.broken = False  # the Manager's process is gone
 
     def put(self, msg: Message) -> None:
+        """Queue ``msg`` and write what the socket takes now. Its fields marked
+        :func:`out_of_band` go as frames of their own, after a :class:`Buffers`."""
+        buffers: list[pickle.PickleBuffer] = []
         try:
-            data = pickle.dumps(encode(msg), protocol=pickle.HIGHEST_PROTOCOL)
+            data = pickle.dumps(encode(msg), protocol=pickle.HIGHEST_PROTOCOL,
+                                buffer_callback=buffers.append)
         except Exception as exc:  # say so rather than lose the message silently
+            buffers = []
             data = pickle.dumps(encode(Log(logging.ERROR, "packmule.manager",
                                            f"a message to the Manager could not be pickled: "
                                            f"{exc}")))
+        if buffers:
+            self._frame(pickle.dumps(encode(Buffers(len(buffers)))))
+            for b in buffers:
+                self._frame(b.raw())
+        self._frame(data)
+        self.flush()
+
+    def _frame(self, data: bytes | memoryview) -> None:
+        """Queue one frame as ``Connection.send_bytes`` writes it (a large one not copied)."""
         out = self._out
         tail = out[-1] if out else None
         if not isinstance(tail, bytearray):
@@ -264,7 +360,6 @@ class Outbox:
             tail += data
         else:
             out.append(memoryview(data))
-        self.flush()
 
     def flush(self) -> None:
         out = self._out

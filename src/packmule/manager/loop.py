@@ -35,7 +35,7 @@ import time
 from collections.abc import Callable
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import zmq
 
@@ -357,6 +357,8 @@ class Loop:
             while self.conn.poll(0):
                 msg = ipc.decode(self.conn.recv())
                 if isinstance(msg, ipc.Submit):
+                    if msg.shared:
+                        msg = msg._replace(payload=ipc.receive_shared(self.conn), shared=False)
                     self._submit(msg, now)
                 elif isinstance(msg, ipc.Cancel):
                     self._cancel(msg.task_id, now)
@@ -736,7 +738,7 @@ class Loop:
                 pickle.dumps(data)
             except Exception:  # an exception that cannot travel: keep its message
                 data = TaskError(f"{type(data).__name__}: {data}", tid)
-        self._tell(ipc.Done(tid, ok, kind, data, attrs))
+        self._tell(ipc.Done(tid, ok, kind, ipc.out_of_band(data), attrs))
 
     # ---------------------------------------------------------------- dispatch
     def _schedule(self, now: float) -> None:
@@ -833,7 +835,8 @@ class Loop:
             task_id=a.task_id,
             attempt=a.attempt,
             kind=job.kind,
-            payload=job.payload,
+            # (a shared payload is a memoryview of its pages: encoded as the bytes it holds)
+            payload=cast(bytes, job.payload),
             command=job.command,
             allocation={"cores": alloc.cores or 0, "memory": alloc.memory or 0,
                         "disk": alloc.disk or 0, "gpus": alloc.gpus or 0},

@@ -228,6 +228,8 @@ class Manager:
         self._unfinished: dict[int, Task] = {}
         self._unfinished_cv = threading.Condition()
         self._send_lock = threading.Lock()
+        #: Tasks whose call may yet go to the loop in shared memory (see ipc.share).
+        self._shared_slots = threading.BoundedSemaphore(ipc.MAX_SHARED)
         self._replies_lock = threading.Lock()
         self._closed = False  # no more submissions: shut down, or the loop ended
         self._shut_down = False
@@ -272,7 +274,7 @@ class Manager:
         """The loop's ``Ready`` (or why it could not start); its log records are passed on."""
         try:
             while self._conn.poll(LOOP_TIMEOUT):
-                msg = ipc.decode(self._conn.recv())
+                msg = ipc.receive(self._conn)
                 if isinstance(msg, ipc.Log):
                     self._relog(msg)
                 elif isinstance(msg, ipc.Ready | ipc.StartFailed):
@@ -388,13 +390,32 @@ class Manager:
     def _queue(self, task: Task, payload: bytes) -> None:
         """Hand the task to the loop (or cancel it if the manager has shut down)."""
         assert task.id is not None
-        job = ipc.Submit(task.id, task.kind, payload, task.command, task.resources,
-                         task.category, task.priority, task.max_retries,
+        fd = self._share(task, payload) if len(payload) >= ipc.SHARED_PAYLOAD else None
+        job = ipc.Submit(task.id, task.kind, payload if fd is None else b"", task.command,
+                         task.resources, task.category, task.priority, task.max_retries,
                          dict(task.env) if task.env else None,
                          task.input_files, task.output_files, task.timeout, task.pack,
-                         task.describe())
-        if not self._send(job):
+                         task.describe(), shared=fd is not None)
+        try:
+            sent = self._send(job, fd)
+        finally:
+            if fd is not None:
+                os.close(fd)
+        if not sent:
             self._fail(task, self._end_error(task.id, "was submitted while"))
+
+    def _share(self, task: Task, payload: bytes) -> int | None:
+        """A memfd holding a large call for the loop to map (None: it crosses the socket),
+        while fewer than MAX_SHARED unfinished tasks have one."""
+        slots = self._shared_slots
+        if task.future is None or not slots.acquire(blocking=False):
+            return None
+        fd = ipc.share(payload)
+        if fd is None:
+            slots.release()
+        else:
+            task.future.add_done_callback(lambda _: slots.release())
+        return fd
 
     def _pack_ready(self, task: Task, payload: bytes, pack: Pack) -> None:
         """(Pack thread) the task's pack is built: it joins the queue."""
@@ -503,11 +524,14 @@ class Manager:
         self.shutdown()
 
     # ================================================================ to and from the loop
-    def _send(self, msg: ipc.Message) -> bool:
-        """Send to the loop; False if it has stopped."""
+    def _send(self, msg: ipc.Message, fd: int | None = None) -> bool:
+        """Send to the loop, with a descriptor right after it (a shared payload); False if
+        the loop has stopped."""
         with self._send_lock:
             try:
                 self._conn.send(ipc.encode(msg))
+                if fd is not None:
+                    ipc.send_shared(self._conn, fd)
                 return True
             except (OSError, ValueError):
                 return False
@@ -526,7 +550,7 @@ class Manager:
             # outcomes that come first wait in the backlog.
             deadline = time.monotonic() + LOOP_TIMEOUT
             while not fut.done() and self._conn.poll(max(0.0, deadline - time.monotonic())):
-                msg = ipc.decode(self._conn.recv())
+                msg = ipc.receive(self._conn)
                 if isinstance(msg, ipc.Done | ipc.Messages | ipc.Stopped):
                     self._backlog.append(msg)
                 else:
@@ -588,7 +612,7 @@ class Manager:
         try:
             while True:
                 msg = (self._backlog.popleft() if self._backlog
-                       else ipc.decode(self._conn.recv()))
+                       else ipc.receive(self._conn))
                 try:
                     if not self._handle(msg):
                         break

@@ -338,31 +338,35 @@ def encode(msg: Message) -> bytes:
     return msgpack.packb([msg.TAG, *_to_wire(msg)], use_bin_type=True)  # type: ignore[no-any-return]
 
 
-def encode_parts(msg: Message, large: int) -> list[bytes]:
+def encode_parts(msg: Message, large: int) -> list[bytes | memoryview]:
     """The encoding of ``msg`` in consecutive parts (joined, they are :func:`encode`'s
     bytes) in which each ``bytes`` field in a list of at least ``large`` bytes is a part
-    of its own, not copied: a task's 300 MB argument is sent without a 300 MB copy."""
+    of its own, not copied: a task's 300 MB argument is sent without a 300 MB copy. (A
+    ``memoryview`` of bytes, such as a shared payload's pages, counts as bytes.)"""
     packer = msgpack.Packer(use_bin_type=True, autoreset=False)
-    parts: list[bytes] = []
-
-    def walk(value: Any) -> None:
-        if type(value) is list:
-            packer.pack_array_header(len(value))
-            for item in value:
-                walk(item)
-        elif type(value) is bytes and len(value) >= large:
-            n = len(value)  # msgpack's bin header: the shortest that holds n
-            head = (b"\xc4" + n.to_bytes(1, "big") if n < 1 << 8 else
-                    b"\xc5" + n.to_bytes(2, "big") if n < 1 << 16 else
-                    b"\xc6" + n.to_bytes(4, "big"))
-            parts.extend((packer.bytes() + head, value))
-            packer.reset()
-        else:
-            packer.pack(value)
-
-    walk([msg.TAG, *_to_wire(msg)])
+    parts: list[bytes | memoryview] = []
+    _walk([msg.TAG, *_to_wire(msg)], large, packer, parts)
     parts.append(packer.bytes())
     return parts
+
+
+def _walk(value: Any, large: int, packer: msgpack.Packer,
+          parts: list[bytes | memoryview]) -> None:
+    """:func:`encode_parts` of one value. (Not a closure: a recursive closure is a
+    reference cycle, which would hold a 300 MB argument until the garbage collector ran.)"""
+    if type(value) is list:
+        packer.pack_array_header(len(value))
+        for item in value:
+            _walk(item, large, packer, parts)
+    elif (type(value) is bytes or type(value) is memoryview) and len(value) >= large:
+        n = len(value)  # msgpack's bin header: the shortest that holds n
+        head = (b"\xc4" + n.to_bytes(1, "big") if n < 1 << 8 else
+                b"\xc5" + n.to_bytes(2, "big") if n < 1 << 16 else
+                b"\xc6" + n.to_bytes(4, "big"))
+        parts.extend((packer.bytes() + head, value))
+        packer.reset()
+    else:
+        packer.pack(value)
 
 
 def decode(data: bytes | bytearray | memoryview) -> Message:

@@ -68,7 +68,7 @@ class Cutter:
     :class:`~.messages.Piece` header and up to PIECE_SIZE bytes (a view of one part,
     or a join of the ends of several)."""
 
-    def __init__(self, parts: list[bytes]) -> None:
+    def __init__(self, parts: list[bytes | memoryview]) -> None:
         self._parts = [memoryview(p) for p in parts if p]
         self.total = sum(len(p) for p in self._parts)
         #: Bytes cut so far.
@@ -307,8 +307,9 @@ class Outbox:
                 if not self.waiting:
                     return True
                 item, large = self.waiting.popleft()
-                parts = ([item] if isinstance(item, bytes) else
-                         m.encode_parts(item, PIECE_SIZE) if large else [m.encode(item)])
+                parts: list[bytes | memoryview] = (
+                    [item] if isinstance(item, bytes) else
+                    m.encode_parts(item, PIECE_SIZE) if large else [m.encode(item)])
                 if len(parts) == 1 and len(parts[0]) <= PIECE_SIZE:
                     if not send([parts[0]]):
                         return False
