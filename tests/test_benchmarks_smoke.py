@@ -1,4 +1,4 @@
-"""benchmarks/many_workers.py keeps working (a smoke run, not a speed test)."""
+"""The benchmarks keep working (smoke runs, not speed tests)."""
 
 from __future__ import annotations
 
@@ -108,3 +108,21 @@ def test_alloc_quick_reports_every_setting_and_target() -> None:
     assert len(bound["per_trace"]) == 4
     for trace, got in bound["per_trace"].items():
         assert 0 < got["two_fold"] <= 1 and 0 < got["hindsight"] <= 1, trace
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_large_payloads_quick_loses_no_worker() -> None:
+    res = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "large_payloads.py"), "--quick"],
+        capture_output=True, text=True, timeout=110, check=False,
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    out = json.loads(res.stdout)
+    assert {"machine", "packmule", "process_pool", "ratio_to_process_pool", "ok"} <= set(out)
+    assert out["ok"], out
+    for kind, mb in (("call", 50), ("result", 30)):
+        run = out["packmule"][kind]
+        assert run["mb"] == mb and run["workers_lost"] == 0 and run["attempts"] == 1
+        assert run["others_during"] > 0 and run["total_s"] > 0
+    assert set(out["ratio_to_process_pool"]) == {"call", "result"}

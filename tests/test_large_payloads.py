@@ -164,16 +164,21 @@ def test_a_large_result_goes_to_the_manager_out_of_band_without_a_copy() -> None
     uncopied = len(held) == 1 and held[0].obj is big
     assert uncopied
     outbox.put(ipc.Done(2, True, "python", ipc.out_of_band(b"small"), {}))
+    # a result as the loop decodes one joined from pieces: a view, which cannot be pickled
+    view = memoryview(bytearray(big)).toreadonly()
+    outbox.put(ipc.Done(3, True, "python", ipc.out_of_band(view), {}))
     got: list[ipc.Message] = []
     reader = concurrent.futures.ThreadPoolExecutor(1).submit(
-        lambda: [got.append(ipc.receive(theirs)) for _ in range(2)])
+        lambda: [got.append(ipc.receive(theirs)) for _ in range(3)])
     deadline = time.monotonic() + 30
     while outbox.pending and time.monotonic() < deadline:
         select.select([], [a], [], 1.0)  # writable again: the reader took some
         outbox.flush()
     reader.result(timeout=30)
     assert got == [ipc.Done(1, True, "python", big, {"worker": "w"}),
-                   ipc.Done(2, True, "python", b"small", {})]
+                   ipc.Done(2, True, "python", b"small", {}),
+                   ipc.Done(3, True, "python", big, {})]
+    assert all(type(d.data) is bytes for d in got if isinstance(d, ipc.Done))
     outbox.close(1.0)
     a.close()
     theirs.close()

@@ -11,6 +11,8 @@ from typing import Any
 
 import msgpack
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from packmule.errors import ProtocolError
 from packmule.protocol import messages as m
@@ -234,3 +236,65 @@ def test_a_hello_always_fits_one_frame() -> None:
     sent = m.decode(bytes(frames[0]))
     assert isinstance(sent, m.Hello) and 0 < len(sent.packs) < 5000
     assert sent.packs == packs[:len(sent.packs)]
+
+
+# ------------------------------------------------------------------ joined messages
+def test_a_joined_message_decodes_as_a_whole_one_with_views_of_its_large_fields() -> None:
+    """decode_joined reads what decode reads; a bytes field of VIEW_BYTES or more is a
+    read-only view of the joined buffer (a 300 MB argument is not copied)."""
+    big = bytes(range(256)) * (m.VIEW_BYTES // 256 + 1)
+    spec = m.TaskSpec(1, 0, "python", big, "", {"cores": 1, "memory": 0, "disk": 0,
+                      "gpus": 0}, {"A": "b"}, [m.InputFile("in", "", big)], ["out"], 0.0, "")
+    joined = bytearray(m.encode(m.Dispatch([spec, spec])))
+    got = m.decode_joined(joined)
+    assert got == m.decode(bytes(joined)) == m.Dispatch([spec, spec])
+    assert isinstance(got, m.Dispatch)
+    first = got.tasks[0]
+    views = [first.payload, first.inputs[0].data]
+    assert all(type(v) is memoryview and v.readonly and v.obj is joined for v in views)
+    assert type(first.command) is str and type(first.env["A"]) is str
+
+
+@pytest.mark.parametrize("cls", ALL, ids=lambda c: c.__name__)
+def test_every_message_decodes_joined_as_it_decodes_whole(cls: type[m.Message]) -> None:
+    data = raw(cls)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(m, "VIEW_BYTES", 1)  # every bytes field a view, every message parsed
+        assert m.decode_joined(bytearray(data)) == m.decode(data)
+
+
+_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1)
+    | st.floats(allow_nan=False) | st.text(max_size=40) | st.binary(max_size=40),
+    lambda inner: st.lists(inner, max_size=5)
+    | st.dictionaries(st.integers(0, 9) | st.text(max_size=5), inner, max_size=5),
+    max_leaves=30)
+
+
+@given(_values)
+@settings(max_examples=300, deadline=None)
+def test_the_joined_parser_reads_msgpack_as_msgpack_does(value: Any) -> None:
+    data = msgpack.packb(value, use_bin_type=True)
+    want = msgpack.unpackb(data, raw=False, strict_map_key=False)
+    got, end = m._unpack(memoryview(data), 0)
+    assert end == len(data) and got == want
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(m, "VIEW_BYTES", 0)  # (views compare equal to the bytes they show)
+        assert m._unpack(memoryview(data), 0)[0] == want
+
+
+@given(st.binary(max_size=300), st.sampled_from(ALL))
+@settings(max_examples=300, deadline=None)
+def test_garbage_joined_is_a_protocol_error_as_whole(noise: bytes, cls: type[m.Message]) -> None:
+    """Damaged messages: decode_joined refuses exactly what decode refuses, with a
+    ProtocolError, and reads the same message from what decode reads."""
+    for data in (noise, raw(cls)[:len(noise) % 40] + noise):
+        outcomes = []
+        for read in (m.decode, m.decode_joined):
+            with pytest.MonkeyPatch.context() as mp:
+                mp.setattr(m, "VIEW_BYTES", 1)
+                try:
+                    outcomes.append(read(bytearray(data)))
+                except ProtocolError:
+                    outcomes.append(ProtocolError)
+        assert outcomes[0] == outcomes[1]

@@ -270,8 +270,9 @@ def receive(conn: Connection) -> Message:
 
 def out_of_band(data: Any) -> Any:
     """``data``, marked to travel to the Manager out of band (not copied into the pickle)
-    when it is bytes of at least ``_NOT_COPIED``."""
-    if type(data) is bytes and len(data) >= _NOT_COPIED:
+    when it is bytes of at least ``_NOT_COPIED`` or a view of bytes (a large result as
+    the loop decoded it); the Manager reads it back as bytes."""
+    if (type(data) is bytes and len(data) >= _NOT_COPIED) or type(data) is memoryview:
         return pickle.PickleBuffer(data)
     return data
 

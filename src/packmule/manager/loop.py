@@ -468,7 +468,8 @@ class Loop:
                 if data is None:  # a piece of a message still being joined
                     self.core.seen(wid, now)  # (a large result may take longer than a lease)
                     continue
-                msg = m.decode(data)
+                # (joined from pieces: a large result is a view of them, not a copy)
+                msg = m.decode_joined(data) if isinstance(data, bytearray) else m.decode(data)
             except ProtocolError as exc:
                 versions = (m.hello_versions(data) if data is not None
                             and wid not in self.net.workers else None)
@@ -653,7 +654,7 @@ class Loop:
                 self._category_changed(job.category, r.status is S.EXHAUSTED)
         if (r.messages and self.cfg.forward_messages and r.status is not S.FORSAKEN
                 and r.status is not S.PACK_ERROR):
-            self._tell(ipc.Messages(r.messages))
+            self._tell(ipc.Messages([_owned(x) for x in r.messages]))
         if job is None:
             return
         if verdict is Verdict.REQUEUED:
@@ -661,7 +662,8 @@ class Loop:
         attrs = self._attrs.setdefault(r.task_id, {})
         attrs.update(
             attempts=r.attempt, worker=wid, hostname=conn.hostname if conn else None,
-            gpu_ids=list(r.gpu_ids), exit_code=r.exit_code, stdout=r.stdout, stderr=r.stderr,
+            gpu_ids=list(r.gpu_ids), exit_code=r.exit_code, stdout=_owned(r.stdout),
+            stderr=_owned(r.stderr),
             wall_time=r.wall_time, measured=dict(r.measured))
         if verdict is Verdict.RETRY:
             log.info("task %d attempt %d failed (%s); retrying",
@@ -886,6 +888,13 @@ class Loop:
             self.events.close()
         self._write_status(time.monotonic(), "stopped" if crash is None else "crashed")
         self._tell(ipc.Stopped("" if crash is None else f"{type(crash).__name__}: {crash}"))
+
+
+def _owned(data: bytes) -> bytes:
+    """``data`` as bytes of its own: a large field of a message joined from pieces is a
+    view of them (:func:`~packmule.protocol.messages.decode_joined`), which cannot be
+    pickled to the Manager (a result's value goes out of band instead)."""
+    return data if type(data) is bytes else bytes(data)
 
 
 def _log_to_file(run_dir: Path) -> logging.Handler | None:

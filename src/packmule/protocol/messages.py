@@ -20,6 +20,8 @@ import dataclasses
 import enum
 import typing
 from collections.abc import Callable
+from struct import calcsize, unpack_from
+from struct import error as StructError
 from typing import Annotated, Any, ClassVar, TypeVar
 
 import msgpack
@@ -241,7 +243,9 @@ class _Compiler:
                     test, what = _FORMS[mark.kind]
                     self.emit(ind, f"if not {self.const(test)}({var}): {fail(what)}")
         elif base is bytes:
-            self.emit(ind, f"if type({var}) is not bytes: {fail('bytes')}")
+            # (a memoryview only from decode_joined: a large field not copied)
+            self.emit(ind, f"if type({var}) is not bytes and type({var}) is not memoryview: "
+                           f"{fail('bytes')}")
         elif isinstance(base, type) and issubclass(base, enum.Enum):
             values = {e.value: e for e in base}
             (kind,) = {type(v) for v in values}
@@ -376,6 +380,90 @@ def decode(data: bytes | bytearray | memoryview) -> Message:
         raw = msgpack.unpackb(data, raw=False, strict_map_key=False)
     except Exception as exc:
         raise ProtocolError(f"undecodable message ({len(data)} bytes): {exc}") from None
+    return _message(raw)
+
+
+#: In a message joined from pieces (:func:`decode_joined`), a ``bytes`` field at least
+#: this large is a view of the joined buffer instead of a copy.
+VIEW_BYTES = 1 << 20
+
+
+def decode_joined(data: bytearray) -> Message:
+    """:func:`decode` for a message joined from pieces: ``bytes`` fields of at least
+    :data:`VIEW_BYTES` are read-only memoryviews of ``data`` (which they keep alive), not
+    copies. Copying a 300 MB argument took seconds on a busy machine, a silence that
+    could cost a worker its lease (or the loop all of them)."""
+    if len(data) < VIEW_BYTES:
+        return decode(data)
+    view = memoryview(data).toreadonly()
+    try:
+        raw, end = _unpack(view, 0)
+    except (IndexError, ValueError, TypeError, StructError, RecursionError) as exc:
+        raise ProtocolError(f"undecodable message ({len(data)} bytes): {exc}") from None
+    if end != len(data):
+        raise ProtocolError(f"undecodable message ({len(data)} bytes): "
+                            f"{len(data) - end} bytes after its end")
+    return _message(raw)
+
+
+_FIXED = {0xC0: None, 0xC2: False, 0xC3: True}
+#: Numbers: format byte -> struct format.
+_NUMBERS = {0xCA: ">f", 0xCB: ">d", 0xCC: ">B", 0xCD: ">H", 0xCE: ">I", 0xCF: ">Q",
+            0xD0: ">b", 0xD1: ">h", 0xD2: ">i", 0xD3: ">q"}
+#: Lengths of str (s), bin (b), array (a) and map (m): format byte -> (kind, struct format).
+_SIZED = {0xD9: ("s", ">B"), 0xDA: ("s", ">H"), 0xDB: ("s", ">I"), 0xC4: ("b", ">B"),
+          0xC5: ("b", ">H"), 0xC6: ("b", ">I"), 0xDC: ("a", ">H"), 0xDD: ("a", ">I"),
+          0xDE: ("m", ">H"), 0xDF: ("m", ">I")}
+
+
+def _unpack(v: memoryview, i: int) -> tuple[Any, int]:
+    """The msgpack value at ``v[i]`` (as ``msgpack.unpackb(raw=False)`` reads it, large
+    bin values as views) and the index after it. Ext types are refused (ValueError)."""
+    b = v[i]
+    i += 1
+    if b <= 0x7F:
+        return b, i
+    if b >= 0xE0:
+        return b - 0x100, i
+    if 0xA0 <= b <= 0xBF:
+        kind, n = "s", b & 0x1F
+    elif 0x90 <= b <= 0x9F:
+        kind, n = "a", b & 0x0F
+    elif 0x80 <= b <= 0x8F:
+        kind, n = "m", b & 0x0F
+    elif b in _FIXED:
+        return _FIXED[b], i
+    elif b in _NUMBERS:
+        fmt = _NUMBERS[b]
+        return unpack_from(fmt, v, i)[0], i + calcsize(fmt)
+    elif b in _SIZED:
+        kind, fmt = _SIZED[b]
+        n = unpack_from(fmt, v, i)[0]
+        i += calcsize(fmt)
+    else:
+        raise ValueError(f"unsupported msgpack type 0x{b:02x}")
+    if kind == "s" or kind == "b":
+        if i + n > len(v):
+            raise ValueError("truncated")
+        chunk = v[i:i + n]
+        if kind == "s":
+            return str(chunk, "utf-8"), i + n
+        return (chunk if n >= VIEW_BYTES else chunk.tobytes()), i + n
+    if kind == "a":
+        items = []
+        for _ in range(n):
+            item, i = _unpack(v, i)
+            items.append(item)
+        return items, i
+    out = {}
+    for _ in range(n):
+        key, i = _unpack(v, i)
+        out[key], i = _unpack(v, i)
+    return out, i
+
+
+def _message(raw: Any) -> Message:
+    """The message in an unpacked list ``[tag, field, ...]``, checked."""
     if type(raw) is not list or not raw or type(raw[0]) is not int:
         raise ProtocolError(f"malformed message: {raw!r:.200}")
     cls = _BY_TAG.get(raw[0])

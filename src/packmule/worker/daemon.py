@@ -593,7 +593,7 @@ class Worker:
                 self._send(ack)
             if whole is None:
                 return None
-            msg = m.decode(whole)
+            msg = m.decode_joined(whole)  # (a large task's call: a view, not a copy)
             if isinstance(msg, (m.Piece, m.PutPack)):  # (they have a frame of their own)
                 raise ProtocolError(f"a {type(msg).__name__} sent in pieces")
         if not isinstance(msg, _FROM_MANAGER):
