@@ -393,3 +393,32 @@ def test_the_loops_messages_to_the_manager_keep_order_with_large_ones() -> None:
         assert waiting and got == [sent[0], big, sent[1], big, sent[2]]
         box.close(timeout=1)
         reader.close()
+
+
+def doubled_file_and_loud(name: str) -> int:
+    """Reads a large input file, writes it twice into a large output, prints 2 MB."""
+    data = Path(name).read_bytes()
+    Path("out.bin").write_bytes(data + data)
+    print("x" * (2 << 20))
+    return len(data)
+
+
+def test_large_files_and_output_travel_whole_in_joined_messages(
+    cluster: ClusterFactory, tmp_path: Path
+) -> None:
+    """Every large bytes field of a message joined from pieces (an inline input file to the
+    worker; an output file, captured stdout and the value back) arrives whole, although
+    each is decoded as a view: files are written from it, stdout is copied for the
+    Manager, and a large value goes out of band."""
+    src = tmp_path / "in.bin"
+    body = make_bytes(3 * m.VIEW_BYTES)
+    src.write_bytes(body)
+    with cluster(1) as mgr:
+        task = PythonTask(doubled_file_and_loud, "in.bin", input_files=[File(str(src))],
+                          output_files=[File(str(tmp_path / "out.bin"), "out.bin")])
+        assert mgr.submit(task).result(timeout=60) == len(body)
+        assert (tmp_path / "out.bin").read_bytes() == body + body
+        assert isinstance(task.stdout, str) and len(task.stdout) > m.VIEW_BYTES  # (its cut)
+        assert task.stdout.endswith("x" * 1000 + "\n")
+        value = mgr.submit(PythonTask(make_bytes, 2 * m.VIEW_BYTES)).result(timeout=60)
+        assert type(value) is bytes and len(value) == 2 * m.VIEW_BYTES
