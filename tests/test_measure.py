@@ -81,6 +81,18 @@ def test_explicit_memory_limit_kills_the_task_not_the_worker(
 
 
 @pytest.mark.parametrize("mode", MODES)
+def test_a_task_just_over_its_limit_is_killed(cluster: ClusterFactory, mode: str) -> None:
+    """8 MB over 100: the limit counts from what the task adds, whatever its runner
+    holds or the cgroup was charged before; 10 MB under it is fine."""
+    with cluster(1, worker_args=["--enforce", mode]) as mgr:
+        over = PythonTask(hold, 108, 1.0, resources={"cores": 1, "memory": 100})
+        with pytest.raises(packmule.ResourceExhausted):
+            mgr.submit(over).result(timeout=60)
+        under = PythonTask(hold, 90, 0.3, resources={"cores": 1, "memory": 100})
+        assert mgr.submit(under).result(timeout=60) == 90
+
+
+@pytest.mark.parametrize("mode", MODES)
 def test_exceeding_a_filled_in_allocation_retries_at_the_max_and_succeeds(
     cluster: ClusterFactory, mode: str
 ) -> None:

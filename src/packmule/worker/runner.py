@@ -313,6 +313,26 @@ def read_board(data: mmap.mmap, seq: int) -> int | None:
     return int(baseline) if posted == seq else None
 
 
+def _anon_charge(limit_file: str, fallback: int) -> int:
+    """What the runner's cgroup is charged now, less its page cache (cgroup v1:
+    ``memory.usage_in_bytes`` - ``cache``): the base of a task's limit. Not the runner's
+    resident set, which counts file pages mapped from elsewhere and what it touched
+    before joining the group (about 9 MB the task could have used beyond its
+    allocation); not the whole charge, whose cache (files earlier tasks wrote) is
+    reclaimed before the limit bites. ``fallback`` if the files cannot be read."""
+    base = limit_file[:limit_file.rindex("/") + 1]
+    try:
+        with open(base + "memory.usage_in_bytes", "rb") as f:
+            usage = int(f.read())
+        with open(base + "memory.stat", "rb") as f:
+            for line in f:
+                if line.startswith(b"cache "):
+                    return max(usage - int(line.split()[1]), 0)
+    except (OSError, ValueError):
+        pass
+    return fallback
+
+
 def _set_limit(path: str, limit: int | None) -> None:
     """Write a cgroup memory limit (None: unlimited); OSError (EBUSY) if already over."""
     fd = os.open(path, os.O_WRONLY)
@@ -519,9 +539,9 @@ def execute(req: Run, started: Callable[[int], None], proc: RunnerState) -> Done
     The call is unpickled first, so the modules it imports into this warm
     interpreter are not billed to the task; then ``started`` gets the
     runner's resident set, the baseline the task's memory is measured from,
-    and the runner's cgroup (``limit_file``) is limited to baseline plus the
-    task's ``memory_limit`` bytes. When the task has ended, the processes it
-    left running are killed.
+    and the runner's cgroup (``limit_file``) is limited to what it is charged
+    then (:func:`_anon_charge`) plus the task's ``memory_limit`` bytes. When
+    the task has ended, the processes it left running are killed.
     """
     sandbox, env = req.sandbox, req.env
     limit_file, limit = req.limit_file, req.memory_limit
@@ -534,7 +554,7 @@ def execute(req: Run, started: Callable[[int], None], proc: RunnerState) -> Done
     started(baseline)
     if limit_file and limit:
         try:
-            _set_limit(limit_file, baseline + limit)
+            _set_limit(limit_file, _anon_charge(limit_file, baseline) + limit)
         except OSError:  # the group already holds more than the task may use
             return Done("exhausted", b"", -1, b"", b"", 0.0, limit + 1, baseline, baseline,
                         0.0, 0, 0, 0, 0)
