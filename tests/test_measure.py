@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import psutil
 import pytest
@@ -80,11 +81,24 @@ def test_explicit_memory_limit_kills_the_task_not_the_worker(
         assert mgr.stats().workers == 1
 
 
+def write_file(path: str, mb: int) -> int:
+    """Leave ``mb`` MB of page cache behind (a file outside the sandbox)."""
+    with open(path, "wb") as f:
+        for _ in range(mb):
+            f.write(b"\1" * (1 << 20))
+    return mb
+
+
 @pytest.mark.parametrize("mode", MODES)
-def test_a_task_just_over_its_limit_is_killed(cluster: ClusterFactory, mode: str) -> None:
+def test_a_task_just_over_its_limit_is_killed(cluster: ClusterFactory, mode: str,
+                                              tmp_path: Path) -> None:
     """8 MB over 100: the limit counts from what the task adds, whatever its runner
-    holds or the cgroup was charged before; 10 MB under it is fine."""
+    holds or the cgroup was charged before (here 150 MB of page cache an earlier task
+    left, which the kernel would reclaim to make room); 10 MB under it is fine."""
     with cluster(1, worker_args=["--enforce", mode]) as mgr:
+        cache = PythonTask(write_file, str(tmp_path / "cache.bin"), 150,
+                           resources={"cores": 1, "memory": 200})
+        assert mgr.submit(cache).result(timeout=60) == 150
         over = PythonTask(hold, 108, 1.0, resources={"cores": 1, "memory": 100})
         with pytest.raises(packmule.ResourceExhausted):
             mgr.submit(over).result(timeout=60)

@@ -314,23 +314,25 @@ def read_board(data: mmap.mmap, seq: int) -> int | None:
 
 
 def _anon_charge(limit_file: str, fallback: int) -> int:
-    """What the runner's cgroup is charged now, less its page cache (cgroup v1:
-    ``memory.usage_in_bytes`` - ``cache``): the base of a task's limit. Not the runner's
-    resident set, which counts file pages mapped from elsewhere and what it touched
-    before joining the group (about 9 MB the task could have used beyond its
-    allocation); not the whole charge, whose cache (files earlier tasks wrote) is
-    reclaimed before the limit bites. ``fallback`` if the files cannot be read."""
+    """What the runner's cgroup is charged now less the page cache it could reclaim
+    (cgroup v1: ``memory.usage_in_bytes`` - ``active_file`` - ``inactive_file``): the
+    base of a task's limit. Not the runner's resident set, which counts file pages
+    mapped from elsewhere and what it touched before joining the group (about 9 MB
+    the task could have used beyond its allocation); not the whole charge, whose
+    cache (files earlier tasks wrote) is reclaimed before the limit bites; shared
+    memory left behind stays counted, as it cannot be reclaimed. ``fallback`` if the
+    files cannot be read."""
     base = limit_file[:limit_file.rindex("/") + 1]
     try:
         with open(base + "memory.usage_in_bytes", "rb") as f:
-            usage = int(f.read())
+            charge = int(f.read())
         with open(base + "memory.stat", "rb") as f:
             for line in f:
-                if line.startswith(b"cache "):
-                    return max(usage - int(line.split()[1]), 0)
-    except (OSError, ValueError):
-        pass
-    return fallback
+                if line.startswith((b"active_file ", b"inactive_file ")):
+                    charge -= int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        return fallback
+    return max(charge, 0)
 
 
 def _set_limit(path: str, limit: int | None) -> None:
