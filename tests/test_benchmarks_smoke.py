@@ -6,21 +6,26 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def run_benchmark(name: str, *args: str, timeout: float = 110) -> dict[str, Any]:
+    """Run ``benchmarks/NAME`` with ``args``; its JSON (it must exit 0)."""
+    res = subprocess.run([sys.executable, str(ROOT / "benchmarks" / name), *args],
+                         capture_output=True, text=True, timeout=timeout, check=False)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    out: dict[str, Any] = json.loads(res.stdout)
+    return out
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(90)
 def test_many_workers_quick_connects_every_emulated_worker() -> None:
-    res = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "many_workers.py"), "--quick"],
-        capture_output=True, text=True, timeout=80, check=False,
-    )
-    assert res.returncode == 0, res.stderr[-3000:]
-    out = json.loads(res.stdout)
+    out = run_benchmark("many_workers.py", "--quick", timeout=80)
     assert {"machine", "settings", "targets", "emulated", "meets_targets",
             "duration_s"} <= set(out)
     section = out["emulated"]
@@ -50,12 +55,7 @@ def test_many_workers_quick_connects_every_emulated_worker() -> None:
 @pytest.mark.slow
 @pytest.mark.timeout(120)
 def test_reliability_quick_loses_nothing_and_leaves_nothing_running() -> None:
-    res = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "reliability.py"), "--quick"],
-        capture_output=True, text=True, timeout=110, check=False,
-    )
-    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-    out = json.loads(res.stdout)
+    out = run_benchmark("reliability.py", "--quick")
     assert {"machine", "settings", "partition", "fault_free", "faulty", "tasks",
             "faults_injected", "results_lost", "delivered_twice", "executed_more_than_once",
             "orphans", "slowdown", "ok", "duration_s"} <= set(out)
@@ -73,14 +73,8 @@ def test_reliability_quick_loses_nothing_and_leaves_nothing_running() -> None:
 @pytest.mark.skipif(not Path("/work/shared/workloads/phung2021").is_dir(),
                     reason="the Phung 2021 traces are not present")
 def test_alloc_quick_reports_every_setting_and_target() -> None:
-    res = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "alloc.py"), "--quick", "--modes",
-         "auto,max_throughput", "--seeds", "1", "--workloads",
-         "/work/shared/workloads/phung2021"],
-        capture_output=True, text=True, timeout=110, check=False,
-    )
-    assert res.returncode == 0, res.stderr[-3000:]
-    out = json.loads(res.stdout)
+    out = run_benchmark("alloc.py", "--quick", "--modes", "auto,max_throughput", "--seeds",
+                        "1", "--workloads", "/work/shared/workloads/phung2021")
     assert {"machine", "config", "settings", "targets", "meets_targets",
             "duration_s"} <= set(out)
     assert set(out["settings"]) == {"public/one/as_given", "public/one/clipped",
@@ -113,12 +107,7 @@ def test_alloc_quick_reports_every_setting_and_target() -> None:
 @pytest.mark.slow
 @pytest.mark.timeout(120)
 def test_large_payloads_quick_loses_no_worker() -> None:
-    res = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "large_payloads.py"), "--quick"],
-        capture_output=True, text=True, timeout=110, check=False,
-    )
-    assert res.returncode == 0, res.stderr[-3000:]
-    out = json.loads(res.stdout)
+    out = run_benchmark("large_payloads.py", "--quick")
     assert {"machine", "packmule", "process_pool", "ratio_to_process_pool", "ok"} <= set(out)
     assert out["ok"], out
     for kind, mb in (("call", 50), ("result", 30)):
