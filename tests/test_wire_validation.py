@@ -298,3 +298,11 @@ def test_garbage_joined_is_a_protocol_error_as_whole(noise: bytes, cls: type[m.M
                 except ProtocolError:
                     outcomes.append(ProtocolError)
         assert outcomes[0] == outcomes[1]
+
+
+def test_a_joined_message_declaring_too_many_items_is_refused_before_reading_them() -> None:
+    """A peer's array header of 2**32 - 1 items (then a megabyte of one-byte items) is a
+    ProtocolError at once, not a billion-step parse."""
+    data = bytearray(b"\x92\x07\xdd" + (2**32 - 1).to_bytes(4, "big") + b"\x01" * m.VIEW_BYTES)
+    with pytest.raises(ProtocolError, match="items, more than"):
+        m.decode_joined(data)

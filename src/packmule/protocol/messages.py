@@ -449,6 +449,8 @@ def _unpack(v: memoryview, i: int) -> tuple[Any, int]:
         if kind == "s":
             return str(chunk, "utf-8"), i + n
         return (chunk if n >= VIEW_BYTES else chunk.tobytes()), i + n
+    if (kind == "a" or kind == "m") and n > MAX_ITEMS:  # (refused on decode anyway: not
+        raise ValueError(f"{n} items, more than {MAX_ITEMS}")  # parsed item by item first)
     if kind == "a":
         items = []
         for _ in range(n):
