@@ -20,7 +20,7 @@ import dataclasses
 import enum
 import typing
 from collections.abc import Callable
-from struct import calcsize, unpack_from
+from struct import Struct
 from struct import error as StructError
 from typing import Annotated, Any, ClassVar, TypeVar
 
@@ -407,13 +407,15 @@ def decode_joined(data: bytearray) -> Message:
 
 
 _FIXED = {0xC0: None, 0xC2: False, 0xC3: True}
-#: Numbers: format byte -> struct format.
-_NUMBERS = {0xCA: ">f", 0xCB: ">d", 0xCC: ">B", 0xCD: ">H", 0xCE: ">I", 0xCF: ">Q",
-            0xD0: ">b", 0xD1: ">h", 0xD2: ">i", 0xD3: ">q"}
-#: Lengths of str (s), bin (b), array (a) and map (m): format byte -> (kind, struct format).
-_SIZED = {0xD9: ("s", ">B"), 0xDA: ("s", ">H"), 0xDB: ("s", ">I"), 0xC4: ("b", ">B"),
-          0xC5: ("b", ">H"), 0xC6: ("b", ">I"), 0xDC: ("a", ">H"), 0xDD: ("a", ">I"),
-          0xDE: ("m", ">H"), 0xDF: ("m", ">I")}
+#: Numbers: format byte -> their layout.
+_NUMBERS = {b: Struct(f) for b, f in {0xCA: ">f", 0xCB: ">d", 0xCC: ">B", 0xCD: ">H",
+                                      0xCE: ">I", 0xCF: ">Q", 0xD0: ">b", 0xD1: ">h",
+                                      0xD2: ">i", 0xD3: ">q"}.items()}
+#: Lengths of str (s), bin (b), array (a) and map (m): format byte -> (kind, layout).
+_SIZED = {b: (kind, Struct(f)) for b, (kind, f) in {
+    0xD9: ("s", ">B"), 0xDA: ("s", ">H"), 0xDB: ("s", ">I"), 0xC4: ("b", ">B"),
+    0xC5: ("b", ">H"), 0xC6: ("b", ">I"), 0xDC: ("a", ">H"), 0xDD: ("a", ">I"),
+    0xDE: ("m", ">H"), 0xDF: ("m", ">I")}.items()}
 
 
 def _unpack(v: memoryview, i: int) -> tuple[Any, int]:
@@ -434,12 +436,12 @@ def _unpack(v: memoryview, i: int) -> tuple[Any, int]:
     elif b in _FIXED:
         return _FIXED[b], i
     elif b in _NUMBERS:
-        fmt = _NUMBERS[b]
-        return unpack_from(fmt, v, i)[0], i + calcsize(fmt)
+        layout = _NUMBERS[b]
+        return layout.unpack_from(v, i)[0], i + layout.size
     elif b in _SIZED:
-        kind, fmt = _SIZED[b]
-        n = unpack_from(fmt, v, i)[0]
-        i += calcsize(fmt)
+        kind, layout = _SIZED[b]
+        n = layout.unpack_from(v, i)[0]
+        i += layout.size
     else:
         raise ValueError(f"unsupported msgpack type 0x{b:02x}")
     if kind == "s" or kind == "b":
